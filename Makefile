@@ -1,0 +1,26 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   creates .venv if missing, installs the project, runs the demo
+#   make test   same set-up, runs the test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sr-arch-installed
+
+.PHONY: demo test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m sr_arch demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from sr_arch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""Shared test helpers: golden vectors, real photos from scikit-image, tiny datasets, training runs.
+
+Import as ``from helpers import ...`` (tests/ is on sys.path through conftest.py).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN_DIR = os.path.join(REPO_ROOT, 'tests', 'golden')
+
+#: colour photos bundled with scikit-image, used instead of noise everywhere in the tests
+TRAIN_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry', 'stereo_motorcycle')
+HELDOUT_PHOTOS = ('hubble_deep_field', 'cat', 'retina')
+
+
+def load_golden(case: str) -> dict[str, Any]:
+    """One official test vector: name, family, kwargs, state_dict, input, output."""
+    return torch.load(os.path.join(GOLDEN_DIR, f'{case}.pt'), map_location='cpu', weights_only=True)
+
+
+def golden_cases(family: str) -> list[str]:
+    prefix = family.lower()
+    return sorted(f[:-3] for f in os.listdir(GOLDEN_DIR) if f.startswith(prefix) and f.endswith('.pt'))
+
+
+@functools.lru_cache(maxsize=1)
+def load_manifests() -> dict[str, Any]:
+    """``{'HAT-L x3': {'family', 'kwargs', 'params', 'state_dict': {name: [shape, dtype]}}, ...}``."""
+    with open(os.path.join(GOLDEN_DIR, 'manifests.json')) as f:
+        return json.load(f)
+
+
+def photo(name: str, size: int | None = None) -> np.ndarray:
+    """A bundled scikit-image photo as uint8 RGB (H, W, 3); centre-cropped to size x size if given."""
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    img = img[..., :3]
+    if size is not None:
+        h, w = img.shape[:2]
+        if min(h, w) < size:
+            raise ValueError(f'photo {name} ({h}x{w}) is smaller than {size}')
+        top, left = (h - size) // 2, (w - size) // 2
+        img = img[top:top + size, left:left + size]
+    return np.ascontiguousarray(img)
+
+
+def bicubic_downsample(hr_rgb_uint8: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB-style bicubic LR (basicsr.utils.matlab_functions.imresize), uint8 RGB."""
+    from basicsr.utils.matlab_functions import imresize
+
+    lr = imresize(hr_rgb_uint8.astype(np.float32) / 255.0, 1 / scale)
+    return np.clip(np.round(lr * 255.0), 0, 255).astype(np.uint8)
+
+
+def make_paired_folder(root: str, scale: int, names: Iterable[str] = TRAIN_PHOTOS, size: int | None = None,
+                       max_side: int = 240) -> tuple[str, str]:
+    """Write HR (mod-cropped) and bicubic LR PNGs of bundled photos, BasicSR naming ``{name}.png``.
+
+    Photos are first centre-cropped to ``size`` (or to at most ``max_side`` per side) to keep tests fast.
+
+    Returns:
+        (hr_folder, lr_folder)
+    """
+    hr_dir = os.path.join(root, 'HR')
+    lr_dir = os.path.join(root, f'LR_bicubic/X{scale}')
+    os.makedirs(hr_dir, exist_ok=True)
+    os.makedirs(lr_dir, exist_ok=True)
+    for name in names:
+        img = photo(name, size)
+        h, w = img.shape[:2]
+        h, w = min(h, max_side), min(w, max_side)
+        top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+        img = img[top:top + h - h % scale, left:left + w - w % scale]
+        lr = bicubic_downsample(img, scale)
+        cv2.imwrite(os.path.join(hr_dir, f'{name}.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(os.path.join(lr_dir, f'{name}.png'), cv2.cvtColor(lr, cv2.COLOR_RGB2BGR))
+    return hr_dir, lr_dir
+
+
+def deep_update(base: dict, overrides: dict) -> dict:
+    """Recursively merge ``overrides`` into a copy of ``base``; a value of None deletes the key."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def derive_options(src_yml: str, overrides: dict, dst_yml: str) -> dict:
+    """Load one of our option files, apply ``overrides`` (deep merge) and write it to ``dst_yml``."""
+    with open(os.path.join(REPO_ROOT, src_yml)) as f:
+        opt = yaml.safe_load(f)
+    opt = deep_update(opt, overrides)
+    with open(dst_yml, 'w') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    return opt
+
+
+def run_script(script: str, args: list[str], cwd: str, timeout: int = 600, check: bool = True,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python <repo>/<script> args`` in ``cwd`` and return the completed process (text output)."""
+    full_env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
+    if env:
+        full_env.update(env)
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{script} {" ".join(args)} failed ({proc.returncode}):\n'
+                             f'{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}')
+    return proc
+
+
+def psnr_y(sr_rgb_uint8: np.ndarray, hr_rgb_uint8: np.ndarray, crop_border: int) -> float:
+    """basicsr's MATLAB-compatible PSNR on the Y channel (inputs uint8 RGB)."""
+    from basicsr.metrics import calculate_psnr
+
+    return float(calculate_psnr(cv2.cvtColor(sr_rgb_uint8, cv2.COLOR_RGB2BGR), cv2.cvtColor(hr_rgb_uint8, cv2.COLOR_RGB2BGR),
+                                crop_border=crop_border, test_y_channel=True))
+
+
+def upscale_with(net: torch.nn.Module, lr_rgb_uint8: np.ndarray, pad_multiple: int = 1) -> np.ndarray:
+    """Run ``net`` in eval mode on one uint8 RGB LR image; returns uint8 RGB SR."""
+    from sr_arch.archs.arch_util import pad_to_multiple
+
+    x = torch.from_numpy(lr_rgb_uint8).permute(2, 0, 1).float().div(255.0)[None]
+    h, w = x.shape[-2:]
+    net.eval()
+    with torch.no_grad():
+        xp, _ = pad_to_multiple(x, pad_multiple)
+        y = net(xp)
+    scale = y.shape[-1] // xp.shape[-1]
+    y = y[..., :h * scale, :w * scale].clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    return np.round(y * 255.0).astype(np.uint8)
+
+
+def bicubic_upscale(lr_rgb_uint8: np.ndarray, scale: int) -> np.ndarray:
+    """The bicubic baseline of SR tables (MATLAB-style imresize up), uint8 RGB."""
+    from basicsr.utils.matlab_functions import imresize
+
+    up = imresize(lr_rgb_uint8.astype(np.float32) / 255.0, scale)
+    return np.clip(np.round(up * 255.0), 0, 255).astype(np.uint8)
