@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import yaml
 
+import sr_arch  # noqa: F401  (compat fixes must precede any basicsr import)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_DIR = os.path.join(REPO_ROOT, 'tests', 'golden')
 
@@ -47,6 +49,8 @@ def photo(name: str, size: int | None = None) -> np.ndarray:
     import skimage.data
 
     img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):  # stereo pairs etc.: take the first image
+        img = img[0]
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
     img = img[..., :3]
