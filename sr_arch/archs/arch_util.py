@@ -134,7 +134,7 @@ def shifted_window_mask(height: int, width: int, window_size: WindowSize, shift_
         for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
             region[:, hs, ws, :] = count
             count += 1
-    region_windows = window_partition(region, window_size).view(-1, wh * ww)
+    region_windows = window_partition(region, window_size).reshape(-1, wh * ww)  # may be a strided view
     mask = region_windows[:, None, :] - region_windows[:, :, None]
     return mask.masked_fill(mask != 0, float(fill)).masked_fill(mask == 0, 0.0)
 
