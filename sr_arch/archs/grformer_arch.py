@@ -1,0 +1,395 @@
+"""GRFormer (ACM MM 2024, arXiv 2408.07484): grouped residual self-attention for lightweight SR.
+
+Re-implementation of ``sisrformer/GRFormer`` ``basicsr/archs/GRFormer_arch.py`` (commit 9e0c9524) with
+the official constructor arguments, state_dict names and buffers, so official checkpoints load with
+``strict=True`` and reproduce the official outputs. What it is:
+
+* GRSA (grouped residual self-attention): the channels are split into two halves and q, k, v are
+  ``x_g + Linear_g(x_g)`` per half (grouped residual layers instead of one QKV projection); the output
+  projection is grouped too. Cosine attention with a learnable per-head logit scale (clamped at
+  log 100), plus the ES-RPB bias: an MLP over a relative-coordinate table mapped to exponential space
+  (``sign(t) * (1 - exp(-|t|))`` of coordinates normalised to ±3.2), squashed by ``16 * sigmoid``.
+* Rectangle windows: (8, 32) for blocks 0, 1, 4, 5…, (32, 8) for blocks 2, 3, 6, 7…; odd blocks
+  are shifted by half of the *configured* window, (4, 16), also where the window is (32, 8). That
+  un-swapped shift is the official behaviour and kept on purpose (weights and outputs depend on it).
+* Post-norm blocks (``x + norm1(attn(x))``, ``x + norm2(ffn(x))``), an FFN with a depthwise-conv
+  branch, a conv after every group, one-step pixel-shuffle reconstruction.
+* Any input size: reflect padding to a multiple of max(window) inside ``forward``, cropped back.
+
+Differences from the official file (behaviour is otherwise identical):
+
+* ``use_checkpoint`` works (the official ``checkpoint.checkpoint(blk, x)`` drops ``x_size`` and crashes).
+* Attention runs through ``arch_util.attention`` (SDPA by default); the ES-RPB bias and shift mask
+  form one additive mask and the per-head logit scale is folded into the normalised queries.
+* Shift masks for sizes other than ``img_size`` are cached per size; in eval mode without gradients the
+  ES-RPB bias is cached too, keyed on the parameters' storage and version, so it is never stale.
+* Inputs smaller than the padding (e.g. 5x7) work: reflect padding repeats, then replicates.
+* Unknown constructor arguments and unsupported ``upsampler`` / ``resi_connection`` values raise
+  instead of being swallowed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from sr_arch.archs.arch_util import (DropPath, MeanShift, UpsampleOneStep, WindowSize, attention, pad_to_multiple,
+                                     relative_position_index, shifted_window_mask, trunc_normal_, window_partition,
+                                     window_reverse)
+
+#: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.
+GRFORMER_VARIANTS: dict[str, dict[str, Any]] = {
+    'GRFormer-light': dict(img_size=64, in_chans=3, embed_dim=60, depths=(6, 6, 6, 6), num_heads=(3, 3, 3, 3),
+                           window_size=(8, 32), mlp_ratio=2.0, img_range=1.0, upsampler='pixelshuffledirect',
+                           resi_connection='1conv'),
+}
+
+#: fill value of the official shift mask (SwinIR uses -100)
+SHIFT_MASK_FILL = -1e9
+#: the official clamp of the cosine-attention logit scale: exp(logit_scale) <= 100
+LOGIT_SCALE_MAX = math.log(100.0)
+#: ES-RPB: relative coordinates normalised to [-3.2, 3.2] before the exponential-space mapping
+ESRPB_COORD_RANGE = 3.2
+#: ES-RPB: the MLP output is squashed to (0, 16)
+ESRPB_BIAS_RANGE = 16.0
+_MASK_CACHE_SIZE = 8
+
+
+def exponential_space_coords_table(window_size: WindowSize) -> Tensor:
+    """ES-RPB input: relative (dy, dx) of a window, normalised to ±3.2, mapped by sign(t)*(1-exp(-|t|)).
+
+    Returns:
+        (1, 2*Wh-1, 2*Ww-1, 2) float32 table.
+    """
+    wh, ww = window_size
+    dy = torch.arange(-(wh - 1), wh, dtype=torch.float32) / max(wh - 1, 1)
+    dx = torch.arange(-(ww - 1), ww, dtype=torch.float32) / max(ww - 1, 1)
+    table = torch.stack(torch.meshgrid(dy, dx, indexing='ij'), dim=-1)[None] * ESRPB_COORD_RANGE
+    return torch.sign(table) * (1 - torch.exp(-table.abs()))
+
+
+class GRSA(nn.Module):
+    """Grouped residual self-attention inside rectangle windows, with cosine attention and ES-RPB.
+
+    Args:
+        dim: channels C (even; the two groups have C/2 each).
+        window_size: (Wh, Ww).
+        num_heads: attention heads (divides C).
+    """
+
+    def __init__(self, dim: int, window_size: WindowSize, num_heads: int):
+        super().__init__()
+        self.dim = dim
+        self.window_size = tuple(window_size)
+        self.num_heads = num_heads
+        half = dim // 2
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.ESRPB_MLP = nn.Sequential(nn.Linear(2, 128, bias=True), nn.ReLU(inplace=True),
+                                       nn.Linear(128, num_heads, bias=False))
+        self.register_buffer('relative_position_bias_table', exponential_space_coords_table(self.window_size))
+        self.register_buffer('relative_position_index', relative_position_index(self.window_size))
+        self.q1, self.q2 = nn.Linear(half, half), nn.Linear(half, half)
+        self.k1, self.k2 = nn.Linear(half, half), nn.Linear(half, half)
+        self.v1, self.v2 = nn.Linear(half, half), nn.Linear(half, half)
+        self.proj1, self.proj2 = nn.Linear(half, half), nn.Linear(half, half)
+        self._position_bias_cache: tuple[tuple, Tensor] | None = None
+
+    @staticmethod
+    def _grouped(x: Tensor, first: nn.Module, second: nn.Module, residual: bool) -> Tensor:
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        if residual:
+            return torch.cat((x1 + first(x1), x2 + second(x2)), dim=-1)
+        return torch.cat((first(x1), second(x2)), dim=-1)
+
+    def _compute_position_bias(self) -> Tensor:
+        n = self.window_size[0] * self.window_size[1]
+        table = self.ESRPB_MLP(self.relative_position_bias_table).view(-1, self.num_heads)
+        bias = table[self.relative_position_index.view(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
+        return ESRPB_BIAS_RANGE * torch.sigmoid(bias)
+
+    def _position_bias_key(self) -> tuple:
+        tensors = (*self.ESRPB_MLP.parameters(), self.relative_position_bias_table, self.relative_position_index)
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+    def position_bias(self) -> Tensor:
+        """ES-RPB bias, (heads, N, N) with N = Wh*Ww.
+
+        It depends on parameters only, so in eval mode (when no gradient can flow into it) it is computed
+        once and reused until a parameter changes storage or version (optimizer step, load_state_dict, .to()).
+        """
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.ESRPB_MLP.parameters())
+        if self.training or needs_grad:
+            self._position_bias_cache = None
+            return self._compute_position_bias()
+        key = self._position_bias_key()
+        if self._position_bias_cache is None or self._position_bias_cache[0] != key:
+            self._position_bias_cache = (key, self._compute_position_bias())
+        return self._position_bias_cache[1]
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attention inside windows.
+
+        Args:
+            x: (B*nW, N, C) window tokens, windows of one image consecutive.
+            mask: (nW, N, N) additive shift mask, or None for unshifted blocks.
+
+        Returns:
+            (B*nW, N, C)
+        """
+        bn, n, c = x.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        q = self._grouped(x, self.q1, self.q2, residual=True).view(bn, n, heads, head_dim).transpose(1, 2)
+        k = self._grouped(x, self.k1, self.k2, residual=True).view(bn, n, heads, head_dim).transpose(1, 2)
+        v = self._grouped(x, self.v1, self.v2, residual=True).view(bn, n, heads, head_dim).transpose(1, 2)
+        # cosine attention: the per-head temperature is folded into q so the kernel's scale is a scalar
+        logit_scale = torch.clamp(self.logit_scale, max=LOGIT_SCALE_MAX).exp()
+        q = F.normalize(q, dim=-1) * logit_scale
+        k = F.normalize(k, dim=-1)
+        bias = self.position_bias()
+        if mask is None:
+            out = attention(q, k, v, scale=1.0, bias=bias)
+        else:
+            # (B, nW*heads, N, d) layout: the (nW, heads, N, N) mask broadcasts over B without a copy
+            nw = mask.shape[0]
+            if bn % nw:
+                raise ValueError(f'GRSA: {bn} windows is not a multiple of the mask\'s {nw} windows per image')
+            bias = (bias[None] + mask[:, None].to(bias.dtype)).reshape(1, nw * heads, n, n)
+            out = attention(q.reshape(bn // nw, nw * heads, n, head_dim), k.reshape(bn // nw, nw * heads, n, head_dim),
+                            v.reshape(bn // nw, nw * heads, n, head_dim), scale=1.0, bias=bias)
+        out = out.reshape(bn, heads, n, head_dim).transpose(1, 2).reshape(bn, n, c)
+        return self._grouped(out, self.proj1, self.proj2, residual=False)
+
+
+class DepthwiseConvBranch(nn.Module):
+    """DW3x3 -> GELU -> DW3x3 on token sequences: (B, H*W, C) -> (B, H*W, C)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.depthwise_conv = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, 1, groups=channels), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, 1, 1, groups=channels))
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        b, _, c = x.shape
+        x = x.transpose(1, 2).reshape(b, c, *x_size)
+        return self.depthwise_conv(x).flatten(2).transpose(1, 2)
+
+
+class DepthwiseConvFFN(nn.Module):
+    """fc1 -> GELU -> (+ depthwise-conv branch) -> fc2: (B, H*W, C) -> (B, H*W, C)."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.dwconv = DepthwiseConvBranch(hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        x = self.act(self.fc1(x))
+        x = self.drop(x + self.dwconv(x, x_size))
+        return self.drop(self.fc2(x))
+
+
+class GRSAB(nn.Module):
+    """Post-norm GRFormer block on a (B, H*W, C) token map; H and W multiples of max(window).
+
+    Args:
+        window_size: the configured (Wh, Ww); blocks with ``(index // 2) % 2 == 1`` use (Ww, Wh).
+        shift_size: cyclic shift (sh, sw), applied as given (not swapped with the window).
+        index: position of the block inside its group.
+        img_size: (H, W) of the persistent ``attn_mask`` buffer (the official training patch size).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: WindowSize, shift_size: WindowSize, index: int,
+                 mlp_ratio: float = 2.0, drop: float = 0.0, drop_path: float = 0.0,
+                 img_size: tuple[int, int] = (64, 64)):
+        super().__init__()
+        self.window_size = tuple(window_size[::-1]) if (index // 2) % 2 == 1 else tuple(window_size)
+        self.shift_size = tuple(shift_size)
+        self.img_size = tuple(img_size)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = GRSA(dim, self.window_size, num_heads)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = DepthwiseConvFFN(dim, int(dim * mlp_ratio), drop)
+        # persistent, as in the official checkpoints; None (absent from the state_dict) when unshifted
+        self.register_buffer('attn_mask', self._compute_mask(*self.img_size) if self.shifted else None)
+        self._mask_cache: dict[tuple, Tensor] = {}
+
+    @property
+    def shifted(self) -> bool:
+        return self.shift_size[0] > 0
+
+    def _compute_mask(self, h: int, w: int, device: torch.device | None = None) -> Tensor:
+        return shifted_window_mask(h, w, self.window_size, self.shift_size, fill=SHIFT_MASK_FILL, device=device)
+
+    def shift_mask(self, h: int, w: int, device: torch.device) -> Tensor | None:
+        """Additive (nW, N, N) mask for an (h, w) map; None for unshifted blocks. Cached per size."""
+        if not self.shifted:
+            return None
+        if (h, w) == self.img_size and self.attn_mask is not None:
+            return self.attn_mask
+        key = (h, w, device)
+        mask = self._mask_cache.get(key)
+        if mask is None:
+            if len(self._mask_cache) >= _MASK_CACHE_SIZE:
+                self._mask_cache.pop(next(iter(self._mask_cache)))
+            mask = self._mask_cache[key] = self._compute_mask(h, w, device)
+        return mask
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        """(B, H*W, C) -> (B, H*W, C); ``x_size`` = (H, W)."""
+        h, w = x_size
+        b, _, c = x.shape
+        shortcut = x
+        x = x.view(b, h, w, c)
+        if self.shifted:
+            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        windows = window_partition(x, self.window_size).flatten(1, 2)
+        windows = self.attn(windows, mask=self.shift_mask(h, w, x.device))
+        x = window_reverse(windows, self.window_size, h, w)
+        if self.shifted:
+            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+        x = shortcut + self.drop_path(self.norm1(x.reshape(b, h * w, c)))
+        return x + self.drop_path(self.norm2(self.mlp(x, x_size)))
+
+
+class GRSABGroup(nn.Module):
+    """``depth`` GRSABs followed by a residual 3x3 conv: (B, H*W, C) -> (B, H*W, C)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: WindowSize, mlp_ratio: float,
+                 drop: float, drop_path: Sequence[float], img_size: tuple[int, int], use_checkpoint: bool = False):
+        super().__init__()
+        self.use_checkpoint = use_checkpoint
+        half_window = (window_size[0] // 2, window_size[1] // 2)
+        self.blocks = nn.ModuleList([
+            GRSAB(dim, num_heads, window_size, shift_size=(0, 0) if i % 2 == 0 else half_window, index=i,
+                  mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path[i], img_size=img_size)
+            for i in range(depth)])
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        for block in self.blocks:
+            if self.use_checkpoint and torch.is_grad_enabled():
+                x = checkpoint(block, x, x_size, use_reentrant=False)
+            else:
+                x = block(x, x_size)
+        b, _, c = x.shape
+        return x + self.conv(x.transpose(1, 2).reshape(b, c, *x_size)).flatten(2).transpose(1, 2)
+
+
+def _window_pair(value: Any, name: str = 'window_size') -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 2 for v in pair):
+        raise ValueError(f'GRFormer: {name} must be two integers >= 2 (height, width), got {value!r}')
+    return pair
+
+
+@ARCH_REGISTRY.register()
+class GRFormer(nn.Module):
+    """GRFormer; the official constructor arguments and defaults.
+
+    ``qkv_bias``, ``qk_scale``, ``attn_drop_rate``, ``ape`` and ``patch_norm`` are accepted and, as in the
+    official code, have no effect. ``norm_layer`` is always LayerNorm. Reconstruction is always the
+    lightweight one-step pixel shuffle (``upsampler`` '' or 'pixelshuffledirect').
+
+    Input (B, in_chans, H, W) of any size, range [0, 1]; output (B, in_chans, upscale*H, upscale*W).
+    """
+
+    def __init__(self, img_size: int = 64, in_chans: int = 3, embed_dim: int = 96,
+                 depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
+                 window_size: Sequence[int] = (8, 32), mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_scale: float | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.1, norm_layer: type[nn.Module] = nn.LayerNorm, ape: bool = False,
+                 patch_norm: bool = True, use_checkpoint: bool = False, upscale: int = 2, img_range: float = 1.0,
+                 upsampler: str = '', resi_connection: str = '1conv', **kwargs: Any):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f'GRFormer: unknown argument(s) {sorted(kwargs)}; see GRFormer.__init__')
+        window_size = _window_pair(window_size)
+        depths, num_heads = list(depths), list(num_heads)
+        if len(depths) != len(num_heads):
+            raise ValueError(f'GRFormer: depths {depths} and num_heads {num_heads} must have the same length')
+        if embed_dim % 2:
+            raise ValueError(f'GRFormer: embed_dim must be even (two channel groups), got {embed_dim}')
+        for heads in num_heads:
+            if embed_dim % heads:
+                raise ValueError(f'GRFormer: embed_dim {embed_dim} is not divisible by num_heads {heads}')
+        if upsampler not in ('', 'pixelshuffledirect'):
+            raise ValueError(f"GRFormer: upsampler {upsampler!r} is not supported; GRFormer only has the lightweight "
+                             f"one-step reconstruction ('pixelshuffledirect')")
+        if resi_connection != '1conv':
+            raise ValueError(f"GRFormer: resi_connection {resi_connection!r} is not supported; only '1conv'")
+        if norm_layer is not nn.LayerNorm:
+            raise ValueError(f'GRFormer: norm_layer must be nn.LayerNorm, got {norm_layer!r}')
+        if not isinstance(upscale, int) or upscale < 1:
+            raise ValueError(f'GRFormer: upscale must be a positive integer, got {upscale!r}')
+
+        self.upscale = upscale
+        self.window_size = window_size
+        self.img_range = img_range
+        self.upsampler = upsampler
+        self.mean_shift = MeanShift(in_chans, img_range)
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.pos_drop = nn.Dropout(drop_rate)
+        drop_path = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        image_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.layers = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            start = sum(depths[:i])
+            self.layers.append(GRSABGroup(embed_dim, depth, heads, window_size, mlp_ratio, drop_rate,
+                                          drop_path[start:start + depth], image_size, use_checkpoint))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
+        self.upsample = UpsampleOneStep(upscale, embed_dim, in_chans)
+        self.apply(self._init_weights)
+
+    @classmethod
+    def from_variant(cls, name: str, upscale: int, **overrides: Any) -> GRFormer:
+        """Build a published variant, e.g. ``GRFormer.from_variant('GRFormer-light', 4)``."""
+        if name not in GRFORMER_VARIANTS:
+            raise KeyError(f'unknown GRFormer variant {name!r}; known: {sorted(GRFORMER_VARIANTS)}')
+        return cls(**{**GRFORMER_VARIANTS[name], 'upscale': upscale, **overrides})
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    @property
+    def pad_multiple(self) -> int:
+        """H and W are padded internally to a multiple of this (the longer window side)."""
+        return max(self.window_size)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) shallow features -> (B, C, H, W) deep features (H, W multiples of the window)."""
+        b, c, h, w = x.shape
+        x = self.pos_drop(x.flatten(2).transpose(1, 2))
+        for layer in self.layers:
+            x = layer(x, (h, w))
+        return self.norm(x).transpose(1, 2).reshape(b, c, h, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H, W) in [0, 1] -> (B, in_chans, upscale*H, upscale*W)."""
+        if x.dim() != 4 or x.shape[1] != self.conv_first.in_channels:
+            raise ValueError(f'GRFormer expects (B, {self.conv_first.in_channels}, H, W) input, got {tuple(x.shape)}')
+        h, w = x.shape[-2:]
+        x, _ = pad_to_multiple(x, self.pad_multiple)
+        x = self.conv_first(self.mean_shift(x))
+        x = self.conv_after_body(self.forward_features(x)) + x
+        x = self.mean_shift.inverse(self.upsample(x))
+        return x[..., :h * self.upscale, :w * self.upscale]
