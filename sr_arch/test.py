@@ -1,20 +1,128 @@
-"""Testing entry point: ``python test.py -opt FILE`` / ``sr-arch test -opt FILE``.
+"""Testing entry point: ``python test.py -opt FILE`` / ``sr-arch test -opt FILE`` (BasicSR-compatible).
 
-Phase-0 placeholder that runs basicsr's pipeline; replaced by our own.
+For every dataset of the option file (``datasets: {test_1: ..., test_2: ...}``) the model is run
+through its validation loop (``InferenceMixin.nondist_validation``: padding, ``tile``/``val.tile``,
+``val.self_ensemble``), and ``results/<name>/`` (under the current directory) receives:
+
+* ``summary.md`` / ``summary.csv`` / ``summary.json``: mean of each metric per dataset, seconds per image;
+* ``per_image.csv`` / ``per_image.json``: every image's metrics;
+* ``visualization/<dataset>/<image>_<suffix or name>.png`` when ``val.save_img`` is true;
+* ``test_<name>_<time>.log``.
+
+Metrics are the option file's ``val.metrics``; without that block, PSNR and SSIM on the Y channel with
+crop border = scale (basicsr's MATLAB-compatible ``calculate_psnr`` / ``calculate_ssim``).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from typing import Any
+
+
+def parse_test_options(argv: list[str], root_path: str) -> dict[str, Any]:
+    """The training pipeline's option parsing (``-opt``, ``--launcher``, ``--force_yml``...), ``is_train=False``."""
+    try:
+        from sr_arch.utils.options import parse_options
+    except ImportError:  # the training pipeline's parser not installed: basicsr's, which reads sys.argv
+        from basicsr.utils.options import parse_options as basicsr_parse_options
+
+        saved_argv = sys.argv
+        sys.argv = [saved_argv[0]] + list(argv)
+        try:
+            return basicsr_parse_options(root_path, is_train=False)[0]
+        finally:
+            sys.argv = saved_argv
+    return parse_options(root_path, is_train=False, argv=list(argv))[0]
+
+
+def gather_dataset_result(result: Any, opt: dict[str, Any]) -> Any:
+    """Under DDP each rank validated every world_size-th image; put rank 0's record back in dataset order."""
+    if not opt.get('dist'):
+        return result
+    from sr_arch.utils.dist import all_gather_objects
+    from sr_arch.utils.results import DatasetResult
+
+    shards = [shard.images for shard in all_gather_objects(result)]
+    merged = DatasetResult(result.name)
+    for index in range(max(len(images) for images in shards)):
+        merged.images += [images[index] for images in shards if index < len(images)]
+    return merged
+
+
+def prepare_validation_options(opt: dict[str, Any]) -> None:
+    """Fill ``val`` defaults: no saving, PSNR/SSIM (Y, crop = scale) when no metrics are configured."""
+    from sr_arch.models.inference import default_metrics
+
+    val = opt.setdefault('val', {}) or {}
+    opt['val'] = val
+    val.setdefault('save_img', False)
+    if not val.get('metrics'):
+        val['metrics'] = default_metrics(int(opt['scale']))
+
+
+def describe_settings(opt: dict[str, Any]) -> str:
+    """One line: network, weights, tiling, self-ensemble (the title of the summary table)."""
+    network = opt.get('network_g', {}).get('type', '?')
+    weights = opt.get('path', {}).get('pretrain_network_g') or 'random init'
+    val = opt.get('val') or {}
+    tile = val.get('tile') or opt.get('tile')
+    parts = [f"{opt['name']}: {network} x{opt['scale']}", f'weights {weights}']
+    parts.append(f'tiles {tile}' if tile else 'whole images')
+    if val.get('self_ensemble'):
+        parts.append('x8 self-ensemble')
+    return ', '.join(parts)
+
+
+def run_tests(opt: dict[str, Any]) -> list[Any]:
+    """Build the loaders and the model, validate every dataset; returns the ``DatasetResult`` list."""
+    from basicsr.data import build_dataloader, build_dataset
+    from basicsr.models import build_model
+
+    logger = logging.getLogger('basicsr')
+    loaders = []
+    for _, dataset_opt in sorted(opt['datasets'].items()):
+        dataset = build_dataset(dataset_opt)
+        loaders.append(build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
+                                        seed=opt['manual_seed']))
+        logger.info(f"Number of test images in {dataset_opt['name']}: {len(dataset)}")
+    model = build_model(opt)
+    results = []
+    for loader in loaders:
+        name = loader.dataset.opt['name']
+        logger.info(f'Testing {name}...')
+        model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=opt['val']['save_img'])
+        local = getattr(model, 'validation_results', {}).get(name)
+        if local is None:  # a rank with no image of a tiny dataset
+            from sr_arch.utils.results import DatasetResult
+            local = DatasetResult(name)
+        results.append(gather_dataset_result(local, opt))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sr_arch  # noqa: F401
-    from basicsr.test import test_pipeline
+    import sr_arch  # noqa: F401  (registers everything, applies compat fixes)
+    from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs
+    from basicsr.utils.options import dict2str
 
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
-    test_pipeline(os.getcwd())
+    from sr_arch.utils.results import markdown_table, write_results
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    opt = parse_test_options(argv, os.getcwd())
+    prepare_validation_options(opt)
+    make_exp_dirs(opt)
+    log_file = os.path.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger.info(get_env_info())
+    logger.info(dict2str(opt))
+
+    results = run_tests(opt)
+    if opt.get('rank', 0) != 0:
+        return 0
+    title = describe_settings(opt)
+    paths = write_results(opt['path']['results_root'], results, title)
+    logger.info('\n' + markdown_table(results, title).split('\n## ')[0])
+    logger.info(f"Results written to {', '.join(paths.values())}")
     return 0
 
 

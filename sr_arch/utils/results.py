@@ -1,0 +1,150 @@
+"""Benchmark results of the test pipeline: per-image records and the tables written under ``results/<name>/``.
+
+Files (``write_results``):
+
+* ``summary.md``: a Markdown table (dataset, images, one column per metric, seconds per image), then
+  one per-image table per dataset;
+* ``summary.csv``: ``dataset,images,<metric>...,seconds_per_image``;
+* ``summary.json``: ``{dataset_name: {metric: mean value}}`` (the contract other tools read, e.g.
+  ``sr_arch.data.gaussian8.average_over_widths``);
+* ``per_image.csv``: ``dataset,image,<metric>...,seconds``; ``per_image.json``:
+  ``{dataset_name: {image_name: {metric: value, 'seconds': s}}}``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+#: how metrics are named in table headers
+METRIC_TITLES = {'psnr': 'PSNR (dB)', 'ssim': 'SSIM', 'niqe': 'NIQE'}
+
+
+@dataclass
+class ImageResult:
+    """One image: metric name -> value (empty without GT) and inference seconds."""
+
+    name: str
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class DatasetResult:
+    """All images of one test dataset, in test order."""
+
+    name: str
+    images: list[ImageResult] = field(default_factory=list)
+
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for image in self.images:
+            names += [m for m in image.metrics if m not in names]
+        return names
+
+    def averages(self) -> dict[str, float]:
+        """Mean of each metric over the images that have it."""
+        means = {}
+        for metric in self.metric_names():
+            values = [image.metrics[metric] for image in self.images if metric in image.metrics]
+            means[metric] = sum(values) / len(values)
+        return means
+
+    def seconds_per_image(self) -> float:
+        return sum(image.seconds for image in self.images) / max(1, len(self.images))
+
+
+def _metric_columns(datasets: list[DatasetResult]) -> list[str]:
+    names: list[str] = []
+    for dataset in datasets:
+        names += [m for m in dataset.metric_names() if m not in names]
+    return names
+
+
+def _format(value: float | None, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '-'
+    return f'{value:.4f}' if metric != 'psnr' else f'{value:.2f}'
+
+
+def markdown_table(datasets: list[DatasetResult], title: str | None = None) -> str:
+    """Summary table, then a per-image table for each dataset."""
+    metrics = _metric_columns(datasets)
+    header = ['Dataset', 'Images'] + [METRIC_TITLES.get(m, m) for m in metrics] + ['s / image']
+    lines = [f'# {title}', ''] if title else []
+    lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for dataset in datasets:
+        means = dataset.averages()
+        row = [dataset.name, str(len(dataset.images))] + [_format(means.get(m), m) for m in metrics]
+        lines.append('| ' + ' | '.join(row + [f'{dataset.seconds_per_image():.3f}']) + ' |')
+    for dataset in datasets:
+        names = dataset.metric_names()
+        lines += ['', f'## {dataset.name}', '',
+                  '| Image | ' + ' | '.join([METRIC_TITLES.get(m, m) for m in names] + ['s']) + ' |',
+                  '|' + '---|' * (len(names) + 2)]
+        for image in dataset.images:
+            cells = [_format(image.metrics.get(m), m) for m in names] + [f'{image.seconds:.3f}']
+            lines.append(f'| {image.name} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def summary_csv(datasets: list[DatasetResult]) -> str:
+    metrics = _metric_columns(datasets)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator='\n')
+    writer.writerow(['dataset', 'images'] + metrics + ['seconds_per_image'])
+    for dataset in datasets:
+        means = dataset.averages()
+        writer.writerow([dataset.name, len(dataset.images)] + [repr(means[m]) if m in means else '' for m in metrics]
+                        + [repr(dataset.seconds_per_image())])
+    return out.getvalue()
+
+
+def per_image_csv(datasets: list[DatasetResult]) -> str:
+    metrics = _metric_columns(datasets)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator='\n')
+    writer.writerow(['dataset', 'image'] + metrics + ['seconds'])
+    for dataset in datasets:
+        for image in dataset.images:
+            writer.writerow([dataset.name, image.name]
+                            + [repr(image.metrics[m]) if m in image.metrics else '' for m in metrics]
+                            + [repr(image.seconds)])
+    return out.getvalue()
+
+
+def summary_dict(datasets: list[DatasetResult]) -> dict[str, dict[str, float]]:
+    """``{dataset_name: {metric: mean}}``."""
+    return {dataset.name: dataset.averages() for dataset in datasets}
+
+
+def per_image_dict(datasets: list[DatasetResult]) -> dict[str, dict[str, dict[str, float]]]:
+    return {dataset.name: {image.name: {**image.metrics, 'seconds': image.seconds} for image in dataset.images}
+            for dataset in datasets}
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp_path = f'{path}.tmp'
+    with open(tmp_path, 'w', encoding='utf-8') as f:
+        f.write(text)
+    os.replace(tmp_path, path)
+
+
+def write_results(folder: str, datasets: list[DatasetResult], title: str | None = None) -> dict[str, str]:
+    """Write the five result files into ``folder``; returns ``{kind: path}``."""
+    os.makedirs(folder, exist_ok=True)
+    contents = {
+        'summary.md': markdown_table(datasets, title),
+        'summary.csv': summary_csv(datasets),
+        'summary.json': json.dumps(summary_dict(datasets), indent=2) + '\n',
+        'per_image.csv': per_image_csv(datasets),
+        'per_image.json': json.dumps(per_image_dict(datasets), indent=2) + '\n',
+    }
+    paths = {}
+    for filename, text in contents.items():
+        paths[filename] = os.path.join(folder, filename)
+        _write_text(paths[filename], text)
+    return paths

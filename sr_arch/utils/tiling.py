@@ -1,0 +1,284 @@
+"""Tiled inference shared by every model (``InferenceMixin``) and ``sr-arch infer``.
+
+An LR image is cut into equally sized, overlapping tiles; tiles are run through the network in
+batches, and the outputs are put back together with weights that ramp linearly across the middle of
+each overlap (pixels next to a tile edge, which lack context, get ~0 weight), so that no seam shows. ``tile_size: auto`` picks the largest tile whose forward pass fits a memory
+budget, from peak memory measured on three small probe tiles (CUDA: the allocator's peak; CPU: the
+bytes of live tensors, tracked by ``PeakMemoryTracker``).
+
+Option block (top level ``tile:`` like HAT's official files, or ``val.tile:``)::
+
+    tile: {tile_size: 256, tile_pad: 32, batch_size: 4}   # tile_pad = overlap, LR pixels
+    tile: {tile_size: auto, max_memory: 8GB}
+"""
+from __future__ import annotations
+
+import math
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+#: network forward on a (N, C, h, w) LR batch -> (N, C', s*h, s*w); padding is the caller's business
+Forward = Callable[[Tensor], Tensor]
+
+_SIZE_UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
+               'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40, 'K': 2**10, 'M': 2**20, 'G': 2**30}
+
+
+def parse_memory_size(value: int | float | str, key: str = 'max_memory') -> int:
+    """``8GB`` / ``512MiB`` / ``1e9`` / ``2**30`` -> bytes. Raises ValueError naming ``key``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f'{key} must be positive, got {value!r}')
+        return int(value)
+    match = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*', str(value))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"{key} must be a positive size such as 8GB, 512MiB or a number of bytes, got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """Parsed ``tile:`` block. ``tile_size`` None means 'auto' (then ``max_memory`` is set).
+
+    ``tile_pad`` defaults to min(32, tile_size // 4).
+    """
+
+    tile_size: int | None
+    tile_pad: int = 32
+    batch_size: int = 1
+    max_memory: int | None = None
+
+    @classmethod
+    def from_opt(cls, opt: Mapping[str, Any] | None, where: str = 'tile') -> 'TileOptions | None':
+        """Validate an option block; None/empty -> None (no tiling). Errors name ``where.<key>``."""
+        if not opt:
+            return None
+        if not isinstance(opt, Mapping):
+            raise ValueError(f'{where} must be a mapping with tile_size / tile_pad / batch_size, got {opt!r}')
+        unknown = set(opt) - {'tile_size', 'tile_pad', 'batch_size', 'max_memory'}
+        if unknown:
+            raise ValueError(f'{where}: unknown key(s) {sorted(unknown)}; '
+                             'expected tile_size, tile_pad, batch_size, max_memory')
+        raw_size = opt.get('tile_size')
+        if raw_size is None:
+            raise ValueError(f"{where}.tile_size is required (a positive integer or 'auto')")
+        max_memory = None
+        if raw_size == 'auto':
+            if opt.get('max_memory') is None:
+                raise ValueError(f"{where}.tile_size: auto needs {where}.max_memory (e.g. 8GB)")
+            tile_size = None
+            max_memory = parse_memory_size(opt['max_memory'], f'{where}.max_memory')
+        else:
+            tile_size = _positive_int(raw_size, f'{where}.tile_size', "or 'auto'")
+        default_pad = min(32, tile_size // 4) if tile_size is not None else 32
+        tile_pad = opt.get('tile_pad', default_pad)
+        if isinstance(tile_pad, bool) or not isinstance(tile_pad, int) or tile_pad < 0:
+            raise ValueError(f'{where}.tile_pad must be an integer >= 0, got {tile_pad!r}')
+        if tile_size is not None and tile_pad >= tile_size:
+            raise ValueError(f'{where}.tile_pad ({tile_pad}) must be smaller than {where}.tile_size ({tile_size})')
+        batch_size = _positive_int(opt.get('batch_size', 1), f'{where}.batch_size')
+        return cls(tile_size, tile_pad, batch_size, max_memory)
+
+
+def _positive_int(value: Any, key: str, extra: str = '') -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f'{key} must be a positive integer{" " + extra if extra else ""}, got {value!r}')
+    return value
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)``, neighbours sharing >= ``overlap``.
+
+    The last tile is shifted back to end at ``length``, so all tiles have the same size.
+    """
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _ramp(length: int, ramp: int, rise: bool, fall: bool, device: torch.device) -> Tensor:
+    """1-D blending weights over a tile's output: 1 inside, lowered towards an edge shared with a neighbour.
+
+    Across the ``ramp`` samples next to a shared edge the weight is ~0 for the outer quarter (where the
+    tile lacks context), rises linearly over the middle half and is 1 for the inner quarter; the
+    neighbour covers the outer quarter with weight 1, since neighbours overlap by at least ``ramp``.
+    """
+    weights = torch.ones(length, device=device)
+    ramp = min(ramp, length)
+    if ramp > 0:
+        distance = torch.arange(ramp, device=device, dtype=torch.float32) + 0.5
+        edge = ((distance - ramp / 4) / (ramp / 2)).clamp(1e-4, 1.0)
+        if rise:
+            weights[:ramp] = torch.minimum(weights[:ramp], edge)
+        if fall:
+            weights[-ramp:] = torch.minimum(weights[-ramp:], edge.flip(0))
+    return weights
+
+
+def tiled_forward(forward: Forward, lq: Tensor, scale: int, tile_size: int, overlap: int, batch_size: int = 1,
+                  output_device: torch.device | str | None = None) -> Tensor:
+    """Run ``forward`` over overlapping tiles of ``lq`` and blend the outputs.
+
+    Args:
+        forward: network forward on a (N, C, th, tw) batch of tiles -> (N, C', scale*th, scale*tw).
+        lq: (B, C, H, W) LR images.
+        scale: upscaling factor of ``forward``.
+        tile_size: LR tile side; an image no larger than a tile is run in one piece (output identical).
+        overlap: LR pixels shared by neighbouring tiles, blended with linear ramps.
+        batch_size: tiles per ``forward`` call.
+        output_device: where the full-size output is assembled (default: ``lq``'s device). 'cpu' keeps
+            a large output off the GPU.
+
+    Returns:
+        (B, C', scale*H, scale*W) on ``output_device``.
+    """
+    b, _, h, w = lq.shape
+    tile_h, tile_w = min(tile_size, h), min(tile_size, w)
+    if tile_h == h and tile_w == w:
+        out = forward(lq)
+        return out if output_device is None else out.to(output_device)
+    output_device = torch.device(output_device) if output_device is not None else lq.device
+    positions = [(y, x) for y in tile_starts(h, tile_h, overlap) for x in tile_starts(w, tile_w, overlap)]
+    ramp = overlap * scale
+    out = weight_sum = None
+    for first in range(0, len(positions), batch_size):
+        group = positions[first:first + batch_size]
+        batch = torch.cat([lq[..., y:y + tile_h, x:x + tile_w] for y, x in group])
+        result = forward(batch).to(output_device)
+        if out is None:  # accumulated in float32 whatever the network's dtype
+            out = torch.zeros(b, result.shape[1], h * scale, w * scale, device=output_device)
+            weight_sum = torch.zeros(1, 1, h * scale, w * scale, device=output_device)
+            out_dtype = result.dtype
+        for i, (y, x) in enumerate(group):
+            rows = _ramp(tile_h * scale, ramp, rise=y > 0, fall=y + tile_h < h, device=output_device)
+            cols = _ramp(tile_w * scale, ramp, rise=x > 0, fall=x + tile_w < w, device=output_device)
+            weight = rows[:, None] * cols[None, :]
+            region = (..., slice(y * scale, (y + tile_h) * scale), slice(x * scale, (x + tile_w) * scale))
+            out[region] += result[i * b:(i + 1) * b].float() * weight
+            weight_sum[region] += weight
+    return (out / weight_sum).to(out_dtype)
+
+
+class PeakMemoryTracker(TorchDispatchMode):
+    """Peak bytes of tensors created inside the ``with`` block and alive at the same time (any device).
+
+    Tracks the storages of op outputs (views share their base's storage, so count once) and frees them
+    when their storage is released; tensors that existed before (weights, the input) are not counted.
+    On CPU this is the only peak measure; on CUDA prefer ``torch.cuda.max_memory_allocated``, which
+    also sees the allocator's workspaces (``measure_peak_memory`` does).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._alive: dict[Any, int] = {}
+
+    def _release(self, key: Any) -> None:
+        self.live_bytes -= self._alive.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)}
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() and storage.data_ptr() in inputs:  # in-place op or view of an input
+                continue
+            key = (storage.device, storage.data_ptr()) if storage.data_ptr() else ('id', id(storage))
+            if key in self._alive:
+                continue
+            self._alive[key] = storage.nbytes()
+            self.live_bytes += storage.nbytes()
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            weakref.finalize(storage, self._release, key)
+        return out
+
+
+def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
+    """Peak bytes allocated while running ``fn()`` on ``device``, above what was allocated before."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - baseline
+    with PeakMemoryTracker() as tracker:
+        fn()
+    return tracker.peak_bytes
+
+
+def auto_tile_size(forward: Forward, channels: int, max_memory: int, device: torch.device | str,
+                   dtype: torch.dtype = torch.float32, multiple: int = 1, batch_size: int = 1,
+                   probe_sides: tuple[int, int, int] = (32, 64, 96), largest: int | None = None) -> int:
+    """Largest tile side whose forward pass is predicted to fit ``max_memory`` bytes.
+
+    Peak memory is measured for square probe tiles (sides rounded up to ``multiple``) and fitted as
+    ``a + b * area + c * area**2`` (window attention is linear in the area, ESRT's band attention
+    quadratic). The result is a multiple of ``multiple``, capped at ``largest`` when given.
+
+    Raises:
+        ValueError: the budget does not even fit the smallest probe tile.
+    """
+    sides = sorted({multiple * math.ceil(side / multiple) for side in probe_sides})
+    while len(sides) < 3:
+        sides.append(sides[-1] + multiple)
+    areas, peaks = [], []
+    with torch.no_grad():
+        for side in sides:
+            probe = torch.rand(batch_size, channels, side, side, device=device, dtype=dtype)
+            peaks.append(measure_peak_memory(lambda: forward(probe), device))
+            areas.append(side * side)
+    if peaks[0] > max_memory:
+        raise ValueError(f'tile max_memory ({max_memory / 2**20:.0f} MiB) is too small: a {sides[0]}x{sides[0]} tile '
+                         f'already needs {peaks[0] / 2**20:.0f} MiB')
+    c2, c1, c0 = np.polyfit(np.array(areas, dtype=np.float64), np.array(peaks, dtype=np.float64), 2)
+    c2, c1 = max(c2, 0.0), max(c1, 0.0)
+    budget = max_memory - c0
+    if c2 > 0:
+        area = (-c1 + math.sqrt(c1 * c1 + 4 * c2 * budget)) / (2 * c2)
+    else:
+        area = budget / c1 if c1 > 0 else float('inf')
+    side = int(math.sqrt(area)) if math.isfinite(area) else (largest or 1 << 16)
+    side = max(sides[0], side // multiple * multiple)
+    if largest is not None:
+        side = min(side, multiple * math.ceil(largest / multiple))
+    return side
+
+
+class Tiler:
+    """Tiled forward for one ``TileOptions``; resolves ``tile_size: auto`` once, on the first call."""
+
+    def __init__(self, options: TileOptions, multiple: int = 1, output_device: torch.device | str | None = None):
+        self.options = options
+        self.multiple = max(1, multiple)
+        self.output_device = output_device
+        self.tile_size = options.tile_size
+
+    def resolve_tile_size(self, forward: Forward, lq: Tensor) -> int:
+        """The tile side to use; for 'auto', measured once (probes run on ``lq``'s device and dtype)."""
+        if self.tile_size is None:
+            self.tile_size = auto_tile_size(forward, lq.shape[1], self.options.max_memory, lq.device, lq.dtype,
+                                            multiple=self.multiple, batch_size=self.options.batch_size)
+        return self.tile_size
+
+    def __call__(self, forward: Forward, lq: Tensor, scale: int) -> Tensor:
+        """(B, C, H, W) -> (B, C', scale*H, scale*W), tiled as configured."""
+        tile_size = self.resolve_tile_size(forward, lq)
+        overlap = min(self.options.tile_pad, tile_size - 1)
+        return tiled_forward(forward, lq, scale, tile_size, overlap, self.options.batch_size, self.output_device)
