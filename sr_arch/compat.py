@@ -5,6 +5,9 @@ one line per fix:
 
 1. ``torchvision.transforms.functional_tensor`` was removed in torchvision 0.17; basicsr's
    ``data/degradations.py`` imports ``rgb_to_grayscale`` from it (BasicSR #663). We alias the module.
+2. ``BaseModel.model_to_device`` gives DDP ``device_ids=[torch.cuda.current_device()]`` even on CPU, so plain
+   basicsr models (``model_type: SRModel``…) crash under ``torchrun --launcher pytorch`` with gloo; on CPU we
+   wrap without device ids (our ``SRArchModel`` has its own ``model_to_device``).
 """
 from __future__ import annotations
 
@@ -30,10 +33,29 @@ def _alias_functional_tensor() -> None:
     sys.modules[name] = alias
 
 
+def _ddp_without_cuda() -> None:
+    from basicsr.models.base_model import BaseModel
+    from torch.nn.parallel import DistributedDataParallel
+
+    original = BaseModel.model_to_device
+    if getattr(original, '_sr_arch_cpu_ddp', False):
+        return
+
+    def model_to_device(self, net):
+        if self.opt.get('dist') and self.device.type == 'cpu':
+            return DistributedDataParallel(net.to(self.device),
+                                           find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        return original(self, net)
+
+    model_to_device._sr_arch_cpu_ddp = True
+    BaseModel.model_to_device = model_to_device
+
+
 def apply() -> None:
     """Apply every fix once. Safe to call repeatedly."""
     global _APPLIED
     if _APPLIED:
         return
     _alias_functional_tensor()
+    _ddp_without_cuda()
     _APPLIED = True
