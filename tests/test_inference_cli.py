@@ -1,0 +1,155 @@
+"""``sr-arch infer``: checkpoint layouts, image formats, and one-line errors that do not stop the batch."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from helpers import golden_cases, load_golden, photo
+from sr_arch import infer
+from sr_arch.utils.checkpoint import atomic_save
+
+LAYOUTS = ('params_ema', 'params', 'raw', 'module.')
+GOLDEN_CASES = [case for family in ('hat', 'rgt', 'grformer', 'esrt', 'labnet') for case in golden_cases(family)]
+
+
+def save_layout(state_dict: dict, layout: str, path: str) -> str:
+    """Save ``state_dict`` the way a user's file may hold it."""
+    if layout == 'params_ema':  # with a different 'params' beside it: params_ema must win
+        obj = {'params_ema': state_dict, 'params': {k: v + 1 if v.is_floating_point() else v
+                                                    for k, v in state_dict.items()}}
+    elif layout == 'params':
+        obj = {'params': state_dict}
+    elif layout == 'raw':
+        obj = dict(state_dict)
+    else:
+        obj = {f'module.{k}': v for k, v in state_dict.items()}
+    atomic_save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize('index', range(len(GOLDEN_CASES)), ids=GOLDEN_CASES)
+def test_golden_checkpoint_gives_the_golden_output_through_infer_loading(tmp_path, index):
+    """Every golden case once, the four layouts in turn (each layout is used by two or more families)."""
+    case, layout = GOLDEN_CASES[index], LAYOUTS[index % len(LAYOUTS)]
+    golden = load_golden(case)
+    path = save_layout(golden['state_dict'], layout, str(tmp_path / f'{case}.pth'))
+    model = infer.load_model(path)
+    assert model.detection.family == golden['family']
+    with torch.no_grad():
+        output = model.forward(golden['input'])
+    assert (output - golden['output']).abs().max() < 1e-5
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """A tiny GRFormer x2 (golden weights; any input size)."""
+    path = str(tmp_path_factory.mktemp('ckpt') / 'grformer_tiny_x2.pth')
+    return save_layout(load_golden('grformer_tiny_x2')['state_dict'], 'params', path)
+
+
+def write(path, img) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return str(path)
+
+
+def expected_sr(checkpoint: str, rgb01: np.ndarray) -> np.ndarray:
+    """What the network gives for an RGB image in [0, 1], as float RGB in [0, 1]."""
+    model = infer.load_model(checkpoint)
+    with torch.no_grad():
+        out = model.forward(torch.from_numpy(rgb01).permute(2, 0, 1)[None].float())
+    return out[0].clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def test_formats_bit_depths_gray_and_alpha(tmp_path, checkpoint):
+    src = photo('coffee', 48)[:20, :28]  # uint8 RGB, 20x28
+    bgr = np.ascontiguousarray(src[..., ::-1])
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    alpha = np.tile(np.linspace(0, 255, 28).astype(np.uint8), (20, 1))
+    folder = tmp_path / 'in'
+    inputs = {
+        'rgb8.png': write(folder / 'rgb8.png', bgr),
+        'rgb16.tif': write(folder / 'deep' / 'rgb16.tif', bgr.astype(np.uint16) * 257),
+        'gray.jpg': write(folder / 'gray.jpg', gray),
+        'gray16.png': write(folder / 'gray16.png', gray.astype(np.uint16) * 257),
+        'rgba.png': write(folder / 'rgba.png', np.dstack([bgr, alpha])),
+        'photo.webp': write(folder / 'photo.webp', bgr),
+    }
+    out = tmp_path / 'out'
+    assert infer.main(['--model', checkpoint, str(folder), '--out', str(out)]) == 0
+
+    results = {name: cv2.imread(str(out / 'in' / os.path.relpath(path, folder)), cv2.IMREAD_UNCHANGED)
+               for name, path in inputs.items()}
+    assert results['rgb8.png'].shape == (40, 56, 3) and results['rgb8.png'].dtype == np.uint8
+    sr = expected_sr(checkpoint, src.astype(np.float32) / 255)
+    assert np.abs(results['rgb8.png'][..., ::-1].astype(float) - np.round(sr * 255)).max() <= 1
+    assert results['rgb16.tif'].dtype == np.uint16 and results['rgb16.tif'].shape == (40, 56, 3)
+    assert np.abs(results['rgb16.tif'][..., ::-1] / 65535 - sr).max() < 2e-5  # 16-bit kept, same pixels
+    assert results['gray.jpg'].shape == (40, 56)  # grayscale in, grayscale out
+    assert results['gray16.png'].shape == (40, 56) and results['gray16.png'].dtype == np.uint16
+    rgba = results['rgba.png']
+    assert rgba.shape == (40, 56, 4)
+    bicubic_alpha = cv2.resize(alpha.astype(np.float32) / 255, (56, 40), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(rgba[..., 3] / 255 - np.clip(bicubic_alpha, 0, 1)).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(rgba[..., 2::-1].astype(float) - np.round(sr * 255)).max() <= 1  # colour as without alpha
+    assert results['photo.webp'].shape == (40, 56, 3)
+
+
+def test_bad_inputs_get_one_line_each_and_the_batch_goes_on(tmp_path, checkpoint, capsys):
+    good = write(tmp_path / 'in' / 'good.png', photo('chelsea', 32)[..., ::-1].copy())
+    broken = tmp_path / 'in' / 'broken.png'
+    broken.write_text('not an image')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    single = write(tmp_path / 'single.jpg', photo('rocket', 24))
+    out = tmp_path / 'out'
+    code = infer.main(['--model', checkpoint, str(tmp_path / 'in'), str(empty), single, str(tmp_path / 'nothing.png'),
+                       '--out', str(out), '--suffix', '_x2', '--ext', 'png'])
+    errors = [line for line in capsys.readouterr().err.splitlines() if 'error:' in line]
+    assert code == 1
+    assert len(errors) == 3
+    assert any(str(broken) in line and 'not a readable image' in line for line in errors)
+    assert any(str(empty) in line and 'no images' in line for line in errors)
+    assert any('nothing.png' in line and 'no such file' in line for line in errors)
+    assert cv2.imread(str(out / 'in' / 'good_x2.png')).shape == (64, 64, 3)
+    assert cv2.imread(str(out / 'single_x2.png')).shape == (48, 48, 3)
+    assert os.path.exists(good)
+
+
+def test_checkpoint_of_another_network_or_scale_is_one_line_naming_it(tmp_path, checkpoint, capsys):
+    from basicsr.archs.srresnet_arch import MSRResNet
+
+    image = write(tmp_path / 'a.png', photo('astronaut', 16))
+    other = str(tmp_path / 'srresnet.pth')
+    atomic_save({'params': MSRResNet(num_feat=8, num_block=1, upscale=2).state_dict()}, other)
+    assert infer.main(['--model', other, image, '--out', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'sr-arch infer: error: {other}: not a checkpoint of') and 'closest' in err[0]
+
+    assert infer.main(['--model', checkpoint, image, '--out', str(tmp_path / 'o'), '--scale', '4']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and checkpoint in err[0] and 'x2' in err[0] and 'x4' in err[0]
+    assert not os.path.exists(tmp_path / 'o')
+
+
+def test_tile_and_ensemble_options_reach_the_inference(tmp_path, checkpoint):
+    from sr_arch.models.inference import super_resolve
+    from sr_arch.utils.tiling import Tiler, TileOptions
+
+    lr = photo('astronaut', 24)
+    image = write(tmp_path / 'in.png', lr[..., ::-1].copy())
+    out = tmp_path / 'out'
+    assert infer.main(['--model', checkpoint, image, '--out', str(out), '--tile', '16', '--tile-pad', '4',
+                       '--tile-batch', '3', '--ensemble']) == 0
+    written = cv2.imread(str(out / 'in.png'))[..., ::-1].astype(float)
+    model = infer.load_model(checkpoint)
+    x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        plain = model.forward(x)
+        expected = super_resolve(model.forward, x, 2, Tiler(TileOptions(16, 4, 3)), self_ensemble=True)
+    to_uint8 = lambda t: np.round(t[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255)  # noqa: E731
+    assert written.shape == (48, 48, 3)
+    assert np.abs(written - to_uint8(expected)).max() <= 1
+    assert np.abs(written - to_uint8(plain)).max() > 2  # tiles + ensemble did change the output
