@@ -181,16 +181,17 @@ def build_val_loaders(opt: dict[str, Any], logger: logging.Logger) -> list[torch
     return loaders
 
 
-def batch_stream(loader: torch.utils.data.DataLoader, sampler: ResumableSampler, epoch: int, batches_done: int,
+def batch_stream(loader: torch.utils.data.DataLoader, sampler: ResumableSampler, epoch: int, samples_done: int,
                  opt: dict[str, Any]) -> Iterator[tuple[int, int, Any]]:
-    """Endless (epoch, batches done in that epoch, batch), starting ``batches_done`` batches into ``epoch``."""
+    """Endless (epoch, samples all ranks drew in that epoch so far, batch), starting ``samples_done`` samples
+    (all ranks together) into ``epoch``."""
     prefetch_mode = opt['datasets']['train'].get('prefetch_mode')
     if prefetch_mode not in (None, 'cpu', 'cuda'):
         raise OptionError(f"{opt.get('opt_path', '<options>')}: datasets.train.prefetch_mode must be ~, cpu or "
                           f'cuda, got {prefetch_mode!r}')
     prefetcher = None
     while True:
-        sampler.set_epoch(epoch, skip=batches_done * loader.batch_size)
+        sampler.set_epoch(epoch, skip=samples_done // sampler.num_replicas)
         if prefetch_mode == 'cuda':
             from basicsr.data.prefetch_dataloader import CUDAPrefetcher
 
@@ -202,9 +203,9 @@ def batch_stream(loader: torch.utils.data.DataLoader, sampler: ResumableSampler,
         else:
             batches = iter(loader)
         for data in batches:
-            batches_done += 1
-            yield epoch, batches_done, data
-        epoch, batches_done = epoch + 1, 0
+            samples_done += loader.batch_size * sampler.num_replicas
+            yield epoch, samples_done, data
+        epoch, samples_done = epoch + 1, 0
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -310,13 +311,13 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
     model = build_model(opt)
 
     total_iters = int(opt['train']['total_iter'])
-    start_iter, epoch, batches_done = 0, 0, 0
+    start_iter, epoch, samples_done = 0, 0, 0
     if resume_state is not None:
         model.resume_training(resume_state)
         start_iter = int(resume_state['iter'])
         loop = resume_state.get('loop') or {}
         epoch = int(loop.get('epoch', resume_state.get('epoch', 0)))
-        batches_done = int(loop.get('batches_done', 0))
+        samples_done = int(loop.get('samples_done', 0))
         rng_states = resume_state.get('rng') or []
         if len(rng_states) == opt['world_size']:
             restore_rng_state(rng_states[opt['rank']])
@@ -332,14 +333,14 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
     logger_opt = opt['logger']
     print_freq = int(logger_opt['print_freq'])
     save_freq = int(logger_opt['save_checkpoint_freq'])
-    val_freq = int(opt['val']['val_freq']) if opt.get('val') else 0
+    val_freq = int(opt['val'].get('val_freq') or 0) if opt.get('val') else 0
     warmup_iter = features.warmup_iter
     msg_logger = MessageLogger(opt, start_iter, tb_logger)
-    stream = batch_stream(train_loader, train_sampler, epoch, batches_done, opt)
+    stream = batch_stream(train_loader, train_sampler, epoch, samples_done, opt)
     data_timer, iter_timer = AvgTimer(), AvgTimer()
     start_time = time.time()
     last_saved = start_iter if resume_state is not None else None
-    model.loop_state = {'epoch': epoch, 'batches_done': batches_done}
+    model.loop_state = {'epoch': epoch, 'samples_done': samples_done}
     logger.info(f'Start training from epoch {epoch}, iteration {start_iter}')
 
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -349,7 +350,7 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
         while current_iter < total_iters:
             batches = []
             for _ in range(accumulate):
-                epoch, batches_done, data = next(stream)
+                epoch, samples_done, data = next(stream)
                 batches.append(data)
             data_timer.record()
             current_iter += 1
@@ -363,7 +364,7 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
             except NonFiniteError as err:
                 saved = f'last checkpoint: iteration {last_saved}' if last_saved else 'no checkpoint was written'
                 raise NonFiniteError(f'{err} ({saved})') from None
-            model.loop_state = {'epoch': epoch, 'batches_done': batches_done}
+            model.loop_state = {'epoch': epoch, 'samples_done': samples_done}
             iter_timer.record()
             if current_iter == start_iter + 1:
                 msg_logger.reset_start_time()

@@ -455,7 +455,9 @@ def test_sigkill_then_auto_resume_equals_uninterrupted_run(tmp_path, paired):
 
     killed_root = tmp_path / 'killed'
     killed_root.mkdir()
-    yml = write_options(killed_root, resume_options(paired, 'resume'))
+    # the interrupted run loads with 2 worker processes, the others in the main process: same samples
+    yml = write_options(killed_root, deep_update(resume_options(paired, 'resume'),
+                                                 {'datasets': {'train': {'num_worker_per_gpu': 2}}}))
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, '-c', _KILL_RUNNER.format(tests=TESTS_DIR, kill_at=8), '-opt', yml],
                           cwd=str(killed_root), env=env, capture_output=True, text=True, timeout=300)
@@ -465,7 +467,8 @@ def test_sigkill_then_auto_resume_equals_uninterrupted_run(tmp_path, paired):
     assert not (experiment / 'models' / 'net_g_latest.pth').exists()
 
     with LogCapture() as logs:
-        resumed = train_module.train_pipeline(str(killed_root), ['-opt', yml, '--auto_resume'])
+        resumed = train_module.train_pipeline(str(killed_root), ['-opt', yml, '--auto_resume', '--force_yml',
+                                                                 'datasets:train:num_worker_per_gpu=0'])
     assert any('Resuming training from epoch 2, iteration 8' in m for m in logs.messages)
     for a, b in ((straight.net_g, resumed.net_g), (straight.net_g_ema, resumed.net_g_ema)):
         for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -478,7 +481,8 @@ def test_sigkill_then_auto_resume_equals_uninterrupted_run(tmp_path, paired):
     state['rng'], state['loop'] = [], {}
     atomic_save(state, str(experiment / 'training_states' / '8.state'))
     os.remove(experiment / 'training_states' / '12.state')
-    naive = train_module.train_pipeline(str(killed_root), ['-opt', yml, '--auto_resume'])
+    naive = train_module.train_pipeline(str(killed_root), ['-opt', yml, '--auto_resume', '--force_yml',
+                                                           'datasets:train:num_worker_per_gpu=0'])
     assert max_diff(straight.net_g, naive.net_g) > 1e-6
 
 

@@ -214,7 +214,7 @@ class TrainingMixin:
 
     The pipeline (``sr_arch.train``) calls ``train_iteration(batches, current_iter)`` with
     ``accumulate_grad_batches`` loader batches; basicsr's ``feed_data`` + ``optimize_parameters`` still
-    work for one batch. ``loop_state`` (epoch and batches consumed in it) is set by the pipeline and
+    work for one batch. ``loop_state`` (epoch, samples all ranks drew in it) is set by the pipeline and
     stored in every training state.
     """
 
@@ -300,11 +300,18 @@ class TrainingMixin:
 
     # ------------------------------------------------------------------ set-up
 
+    @property
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 AMP's loss scaler (a disabled pass-through otherwise); created on first use."""
+        if '_grad_scaler' not in self.__dict__:
+            features = self.features
+            fp16 = features.amp and features.amp_dtype == torch.float16
+            self._grad_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        return self._grad_scaler
+
     def init_training_settings(self) -> None:
         super().init_training_settings()
         features = self.features
-        fp16 = features.amp and features.amp_dtype == torch.float16
-        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.train_forward = self.net_g
         if features.compile:
             kwargs = {'backend': features.compile_backend}
@@ -330,7 +337,7 @@ class TrainingMixin:
     def compute_losses(self) -> tuple[Tensor, 'OrderedDict[str, Tensor]']:
         """Forward the fed batch and return (total loss, {term: loss}); losses in fp32."""
         with self.autocast():
-            self.output = self.train_forward(self.lq)
+            self.output = getattr(self, 'train_forward', self.net_g)(self.lq)
         output = self.output.float()
         total: Tensor | float = 0.0
         terms: OrderedDict[str, Tensor] = OrderedDict()
@@ -476,7 +483,7 @@ class TrainingMixin:
         return {'format': STATE_FORMAT, 'epoch': epoch, 'iter': current_iter,
                 'optimizers': [o.state_dict() for o in self.optimizers],
                 'schedulers': [s.state_dict() for s in self.schedulers],
-                'grad_scaler': self.grad_scaler.state_dict() if hasattr(self, 'grad_scaler') else {},
+                'grad_scaler': self.grad_scaler.state_dict(),
                 'loop': dict(self.loop_state), 'rng': rng_states, 'world_size': self.opt.get('world_size', 1),
                 'best_metric_results': getattr(self, 'best_metric_results', {})}
 
@@ -491,7 +498,7 @@ class TrainingMixin:
 
     def resume_training(self, resume_state: Mapping[str, Any]) -> None:
         super().resume_training(resume_state)
-        if resume_state.get('grad_scaler') and hasattr(self, 'grad_scaler'):
+        if resume_state.get('grad_scaler'):
             self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
         if resume_state.get('best_metric_results'):
             self.best_metric_results = {name: {metric: dict(record) for metric, record in metrics.items()}

@@ -87,13 +87,21 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
         index, seed = item
+        if torch.utils.data.get_worker_info() is not None:  # a worker's own generators need no restoring
+            _seed_generators(seed)
+            return self.dataset[index]
         python_state, numpy_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
-                random.seed(seed)
-                np.random.seed(seed)
-                torch.random.default_generator.manual_seed(seed)
+                _seed_generators(seed)
                 return self.dataset[index]
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+def _seed_generators(seed: int) -> None:
+    """Seed ``random``, ``numpy`` and torch's CPU generator (not CUDA's: data loading runs on the CPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.random.default_generator.manual_seed(seed)
