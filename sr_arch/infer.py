@@ -215,7 +215,9 @@ def output_path(out_dir: str, relative: str, suffix: str, ext: str | None) -> st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='sr-arch infer', description=__doc__.split('\n\n')[0],
+    parser = argparse.ArgumentParser(prog='sr-arch infer',
+                                     description='Upscale image files or folders with any supported checkpoint '
+                                     '(architecture, variant and scale are detected).',
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('inputs', nargs='+', metavar='INPUT', help='image files and/or folders (searched recursively)')
     parser.add_argument('--model', required=True, metavar='CKPT', help='checkpoint (.pth/.pt/.safetensors)')
@@ -224,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--param-key', default='params_ema', help='checkpoint key tried first (default params_ema, '
                         'then params, then a raw state_dict)')
     parser.add_argument('--tile', help="LR tile side, or 'auto' (with --max-memory); default: whole image")
-    parser.add_argument('--tile-pad', type=int, help='overlap between tiles in LR pixels (default min(32, tile/4))')
+    parser.add_argument('--tile-pad', type=int, help='overlap between tiles in LR pixels (default min(32, tile/4); '
+                        '32 with auto)')
     parser.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass (default 1)')
     parser.add_argument('--max-memory', help="memory budget for --tile auto, e.g. 4GB")
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default cpu)')
@@ -241,14 +244,15 @@ def _tiler(args: argparse.Namespace, multiple: int, device: torch.device) -> Any
     if args.tile is None:
         return None
     block: dict[str, Any] = {'batch_size': args.tile_batch}
+    if args.tile_pad is not None:
+        block['tile_pad'] = args.tile_pad
     if args.tile == 'auto':
-        block.update(tile_size='auto', max_memory=args.max_memory, tile_pad=args.tile_pad or 32)
+        block.update(tile_size='auto', max_memory=args.max_memory)
     else:
         try:
             block['tile_size'] = int(args.tile)
         except ValueError:
             raise InferenceError(f"--tile must be a positive integer or 'auto', got {args.tile!r}") from None
-        block['tile_pad'] = args.tile_pad if args.tile_pad is not None else min(32, block['tile_size'] // 4)
     try:
         options = TileOptions.from_opt(block, '--tile')
     except ValueError as err:

@@ -126,7 +126,8 @@ def format_table(rows: list[ProfileRow], fmt: str = 'md') -> str:
 def build_parser() -> argparse.ArgumentParser:
     from sr_arch.utils.detect import FAMILY_MODULES
 
-    parser = argparse.ArgumentParser(prog='sr-arch profile', description=__doc__.split('\n\n')[0],
+    parser = argparse.ArgumentParser(prog='sr-arch profile',
+                                     description='Parameters, MACs, latency and peak memory of an architecture.',
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--arch', choices=sorted(FAMILY_MODULES), help='architecture family')

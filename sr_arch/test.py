@@ -122,8 +122,28 @@ def main(argv: list[str] | None = None) -> int:
     title = describe_settings(opt)
     paths = write_results(opt['path']['results_root'], results, title)
     logger.info('\n' + markdown_table(results, title).split('\n## ')[0])
+    paths.update(write_gaussian8_averages(opt['path']['results_root'], results, logger))
     logger.info(f"Results written to {', '.join(paths.values())}")
     return 0
+
+
+def write_gaussian8_averages(folder: str, results: list[Any], logger: logging.Logger) -> dict[str, str]:
+    """Datasets named ``<Set>_sig<sigma>`` (LabNet's Gaussian8 test options) are also averaged per set."""
+    from sr_arch.utils.results import summary_dict, write_set_averages
+
+    summary = summary_dict(results)
+    try:
+        from sr_arch.data.gaussian8 import average_over_widths
+    except ImportError:
+        return {}
+    try:
+        averages = average_over_widths(summary)
+    except ValueError as err:  # e.g. a partial run: report per width only
+        logger.warning(f'No Gaussian8 averages: {err}')
+        return {}
+    if set(averages) == set(summary):  # no dataset was a kernel width of a set
+        return {}
+    return write_set_averages(folder, averages, 'Gaussian8: mean over the 8 kernel widths')
 
 
 if __name__ == '__main__':

@@ -61,3 +61,36 @@ def test_benchmark_tables_hold_basicsr_metrics_of_each_image(tmp_path):
     markdown = (results / 'summary.md').read_text()
     assert f"| Set5 | 3 | {summary['Set5']['psnr']:.2f} | {summary['Set5']['ssim']:.4f} |" in markdown
     assert f"| Set14 | 2 | {summary['Set14']['psnr']:.2f} | {summary['Set14']['ssim']:.4f} |" in markdown
+
+
+def test_gaussian8_width_datasets_are_also_averaged_per_set(tmp_path):
+    import logging
+
+    from sr_arch.test import write_gaussian8_averages
+    from sr_arch.utils.results import DatasetResult, ImageResult, write_results
+
+    sigmas = [1.8 + 0.2 * i for i in range(8)]
+    results = [DatasetResult(f'Set5_sig{s:.2f}', [ImageResult('a', {'psnr': 30 + i, 'ssim': 0.8}, 0.1)])
+               for i, s in enumerate(sigmas)]
+    results.append(DatasetResult('RealWorld', [ImageResult('b', {'psnr': 20.0, 'ssim': 0.5}, 0.1)]))
+    write_results(str(tmp_path), results)
+    paths = write_gaussian8_averages(str(tmp_path), results, logging.getLogger('test'))
+    by_set = json.loads((tmp_path / 'summary_by_set.json').read_text())
+    assert set(paths) == {'summary_by_set.json', 'summary_by_set.csv'}
+    assert by_set == {'Set5': {'psnr': 33.5, 'ssim': 0.8}, 'RealWorld': {'psnr': 20.0, 'ssim': 0.5}}
+    assert '| Set5 | 33.50 | 0.8000 |' in (tmp_path / 'summary.md').read_text()
+    # a run that misses widths gets no average (it would not be a Gaussian8 number)
+    assert write_gaussian8_averages(str(tmp_path / 'partial'), results[:3], logging.getLogger('test')) == {}
+
+
+def test_tables_of_a_dataset_without_ground_truth(tmp_path):
+    from sr_arch.utils.results import DatasetResult, ImageResult, write_results
+
+    results = [DatasetResult('Set5', [ImageResult('a', {'psnr': 30.0, 'ssim': 0.9}, 0.5)]),
+               DatasetResult('RealWorld38', [ImageResult('x', {}, 1.0), ImageResult('y', {}, 3.0)])]
+    write_results(str(tmp_path), results, 'demo')
+    assert json.loads((tmp_path / 'summary.json').read_text()) == {'Set5': {'psnr': 30.0, 'ssim': 0.9},
+                                                                   'RealWorld38': {}}
+    markdown = (tmp_path / 'summary.md').read_text()
+    assert '| RealWorld38 | 2 | - | - | 2.000 |' in markdown and '| Set5 | 1 | 30.00 | 0.9000 | 0.500 |' in markdown
+    assert (tmp_path / 'summary.csv').read_text().splitlines()[2] == 'RealWorld38,2,,,2.0'

@@ -9,6 +9,9 @@ Files (``write_results``):
   ``sr_arch.data.gaussian8.average_over_widths``);
 * ``per_image.csv``: ``dataset,image,<metric>...,seconds``; ``per_image.json``:
   ``{dataset_name: {image_name: {metric: value, 'seconds': s}}}``.
+
+``write_set_averages`` adds ``summary_by_set.{json,csv}`` and a section of ``summary.md`` for datasets
+that are parts of one benchmark set (LabNet's Gaussian8: one dataset per kernel width).
 """
 from __future__ import annotations
 
@@ -147,4 +150,28 @@ def write_results(folder: str, datasets: list[DatasetResult], title: str | None 
     for filename, text in contents.items():
         paths[filename] = os.path.join(folder, filename)
         _write_text(paths[filename], text)
+    return paths
+
+
+def write_set_averages(folder: str, averages: dict[str, dict[str, float]], heading: str) -> dict[str, str]:
+    """``summary_by_set.json`` / ``.csv`` ({set: {metric: value}}) and a table appended to ``summary.md``."""
+    metrics: list[str] = []
+    for values in averages.values():
+        metrics += [m for m in values if m not in metrics]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator='\n')
+    writer.writerow(['set'] + metrics)
+    for name, values in averages.items():
+        writer.writerow([name] + [repr(values[m]) if m in values else '' for m in metrics])
+    lines = ['', f'## {heading}', '', '| Set | ' + ' | '.join(METRIC_TITLES.get(m, m) for m in metrics) + ' |',
+             '|' + '---|' * (len(metrics) + 1)]
+    lines += [f'| {name} | ' + ' | '.join(_format(values.get(m), m) for m in metrics) + ' |'
+              for name, values in averages.items()]
+    paths = {'summary_by_set.json': os.path.join(folder, 'summary_by_set.json'),
+             'summary_by_set.csv': os.path.join(folder, 'summary_by_set.csv')}
+    _write_text(paths['summary_by_set.json'], json.dumps(averages, indent=2) + '\n')
+    _write_text(paths['summary_by_set.csv'], out.getvalue())
+    markdown = os.path.join(folder, 'summary.md')
+    with open(markdown, 'a', encoding='utf-8') as f:
+        f.write('\n'.join(lines) + '\n')
     return paths
