@@ -14,6 +14,7 @@ BasicSR's command line (``--launcher none|pytorch|slurm``, ``--auto_resume``, ``
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -240,11 +241,13 @@ def init_tb_logger(opt: dict[str, Any]):
 def log_validation_images(model, loader, tb_logger, current_iter: int, count: int) -> None:
     """The first ``count`` SR outputs of a validation set as TensorBoard images ``val/<dataset>/<image>``."""
     name = loader.dataset.opt.get('name', 'val')
+    bare_network = getattr(model, 'bare_network_for_inference', contextlib.nullcontext)
     for index, data in enumerate(loader):
         if index >= count:
             break
         model.feed_data(data)
-        model.test()
+        with bare_network():  # rank 0 alone: no DDP forward (its buffer broadcast would wait for the others)
+            model.test()
         result = model.get_current_visuals()['result'][0].float().clamp(0, 1)
         image_name = osp.splitext(osp.basename(data['lq_path'][0]))[0] if 'lq_path' in data else str(index)
         tb_logger.add_image(f'val/{name}/{image_name}', result, current_iter)

@@ -39,11 +39,13 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 @ARCH_REGISTRY.register()
 class TrainingTestDropoutNet(nn.Module):
     """conv -> ReLU -> Dropout -> conv -> PixelShuffle: random in training (exact resumes need the RNG
-    state), with an optional activation-checkpointed body (``use_chk``, the RGT spelling)."""
+    state), with an optional activation-checkpointed body (``use_chk``, the RGT spelling) and a buffer
+    (the mean, as HAT/RGT/GRFormer have: DDP broadcasts buffers)."""
 
     def __init__(self, num_feat: int = 8, upscale: int = 2, dropout: float = 0.2, use_chk: bool = False) -> None:
         super().__init__()
         self.use_chk = use_chk
+        self.register_buffer('mean', torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1))
         self.head = nn.Conv2d(3, num_feat, 3, padding=1)
         self.drop = nn.Dropout(dropout)
         self.tail = nn.Conv2d(num_feat, 3 * upscale * upscale, 3, padding=1)
@@ -51,7 +53,7 @@ class TrainingTestDropoutNet(nn.Module):
         self.upscale = upscale
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.drop(F.relu(self.head(x))))
+        return self.tail(self.drop(F.relu(self.head(x - self.mean))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 3, sH, sW)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import random
 from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -506,6 +506,20 @@ class TrainingMixin:
 
     # ------------------------------------------------------------------ distributed validation
 
+    @contextmanager
+    def bare_network_for_inference(self):
+        """Temporarily replace the DDP-wrapped ``net_g`` by its module.
+
+        The first DDP forward after a training step broadcasts the buffers (a collective): ranks that
+        validate a different number of images (or none) would wait for each other forever.
+        """
+        wrapped = self.net_g
+        self.net_g = self.get_bare_model(wrapped)
+        try:
+            yield
+        finally:
+            self.net_g = wrapped
+
     def dist_validation(self, dataloader, current_iter: int, tb_logger, save_img: bool) -> None:
         """Each rank validates every ``world_size``-th image; metric means are gathered and weighted by
         image count, so the result equals a single-process validation. Rank 0 logs."""
@@ -520,7 +534,8 @@ class TrainingMixin:
             self._collecting_validation_shard = True
             try:
                 loader = torch.utils.data.DataLoader(shard, batch_size=1, shuffle=False, num_workers=0)
-                self.nondist_validation(loader, current_iter, None, save_img)
+                with self.bare_network_for_inference():
+                    self.nondist_validation(loader, current_iter, None, save_img)
             finally:
                 self._collecting_validation_shard = False
             if metrics_opt:
