@@ -134,6 +134,16 @@ def load_resume_state(opt: dict[str, Any]) -> tuple[dict[str, Any] | None, list[
 # ---------------------------------------------------------------------------------------------- data
 
 
+def build_dataset_checked(dataset_opt: dict[str, Any], phase: str, source: str) -> torch.utils.data.Dataset:
+    """basicsr's ``build_dataset``; a missing folder / file or bad key names the option block."""
+    try:
+        return build_dataset(dataset_opt)
+    except (OSError, KeyError, ValueError, AssertionError) as err:
+        roots = {k: v for k, v in dataset_opt.items() if k.startswith(('dataroot', 'meta_info'))}
+        raise OptionError(f'{source}: datasets.{phase} (type {dataset_opt.get("type")}, {roots}) cannot be built: '
+                          f'{type(err).__name__}: {err}') from err
+
+
 def build_train_loader(opt: dict[str, Any], logger: logging.Logger
                        ) -> tuple[torch.utils.data.DataLoader, ResumableSampler, int]:
     """Train dataloader over ``SeededDataset`` with a ``ResumableSampler``; returns (loader, sampler, images/step)."""
@@ -143,7 +153,7 @@ def build_train_loader(opt: dict[str, Any], logger: logging.Logger
         if key not in dataset_opt:
             raise OptionError(f'{source}: missing required option datasets.train.{key}')
     ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
-    train_set = build_dataset(dataset_opt)
+    train_set = build_dataset_checked(dataset_opt, 'train', source)
     if len(train_set) == 0:
         raise TrainingError(f'{source}: datasets.train ({dataset_opt.get("dataroot_gt")}) holds no images')
     sampler = ResumableSampler(len(train_set), opt['world_size'], opt['rank'], ratio, opt['manual_seed'])
@@ -175,7 +185,7 @@ def build_val_loaders(opt: dict[str, Any], logger: logging.Logger) -> list[torch
         if phase.split('_')[0] != 'val':
             raise OptionError(f"{opt.get('opt_path', '<options>')}: datasets.{phase}: phase must be 'train' or "
                               "'val[_name]'")
-        val_set = build_dataset(dataset_opt)
+        val_set = build_dataset_checked(dataset_opt, phase, opt.get('opt_path', '<options>'))
         loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                         sampler=None, seed=opt['manual_seed']))
         logger.info(f'Number of val images in {dataset_opt["name"]}: {len(val_set)}')

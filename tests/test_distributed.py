@@ -119,6 +119,43 @@ def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
         assert ddp_psnr['val'] == pytest.approx(single_psnr['val'], abs=1e-3)
 
 
+_SLURM_TASK = textwrap.dedent('''
+    import importlib.util, sys
+    import torch
+    spec = importlib.util.spec_from_file_location('dist', {module!r})
+    dist = sys.modules['dist'] = importlib.util.module_from_spec(spec)  # without sr_arch/__init__: fast
+    spec.loader.exec_module(dist)
+    info = dist.init_distributed('slurm', backend='nccl', port=int(sys.argv[1]))
+    value = torch.tensor([float(info.rank + 1)])
+    torch.distributed.all_reduce(value)
+    print(f'rank={{info.rank}} world={{info.world_size}} local={{info.local_rank}} sum={{value.item():g}}')
+    dist.cleanup_distributed()
+''')
+
+
+def test_slurm_launcher_initialises_a_gloo_group_from_srun_variables(tmp_path):
+    """Two processes with the variables srun sets (2 tasks on one node) rendezvous and all-reduce."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    code = _SLURM_TASK.format(module=os.path.join(REPO_ROOT, 'sr_arch', 'utils', 'dist.py'))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'MASTER_', 'RANK', 'WORLD_SIZE'))}
+    tasks = [subprocess.Popen([sys.executable, '-c', code, str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=dict(base, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
+                                                  SLURM_NTASKS='2', SLURM_NODELIST='localhost', OMP_NUM_THREADS='1'))
+             for rank in (0, 1)]
+    try:
+        outputs = [task.communicate(timeout=120)[0] for task in tasks]
+    finally:
+        for task in tasks:
+            if task.poll() is None:
+                task.kill()
+    assert [task.returncode for task in tasks] == [0, 0], outputs
+    assert 'rank=0 world=2 local=0 sum=3' in outputs[0] and 'rank=1 world=2 local=1 sum=3' in outputs[1]
+
+
 def test_slurm_and_torchrun_environments():
     slurm = {'SLURM_PROCID': '11', 'SLURM_NTASKS': '16', 'SLURM_LOCALID': '3', 'SLURM_NODELIST': 'gpu[03-05,09],cpu1'}
     info = dist_utils.dist_env_from_launcher('slurm', slurm, port=29511)

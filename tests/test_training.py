@@ -413,6 +413,14 @@ def test_nonfinite_loss_stops_with_iteration_and_saves_nothing_broken(tmp_path, 
     assert train_module.main(['-opt', write_options(tmp_path, opt), '--force_yml', 'name=nan2']) == 1
 
 
+def test_missing_dataset_folder_is_named(tmp_path, paired):
+    opt = tiny_options(paired, 'nodata', {'datasets': {'train': {'dataroot_lq': str(tmp_path / 'nowhere')}}})
+    with pytest.raises(OptionError) as info:
+        run_pipeline(tmp_path, opt)
+    message = str(info.value)
+    assert 'options.yml: datasets.train (type PairedImageDataset' in message and str(tmp_path / 'nowhere') in message
+
+
 def test_weights_that_became_nonfinite_are_never_saved(tmp_path):
     model = build(model_options(tmp_path))
     with torch.no_grad():
