@@ -29,8 +29,8 @@ _RANK_RUNNER = textwrap.dedent('''
     from sr_arch.utils.dist import cleanup_distributed
 
     model = train_pipeline(os.getcwd(), sys.argv[1:])
-    torch.save({{'net_g': model.get_bare_model(model.net_g).state_dict(), 'best': model.best_metric_results, 'lr': model.get_current_learning_rate()}},
-               f"rank{{os.environ['RANK']}}.pt")
+    torch.save({{'net_g': model.get_bare_model(model.net_g).state_dict(), 'best': model.best_metric_results,
+                'lr': model.get_current_learning_rate()}}, f"rank{{os.environ['RANK']}}.pt")
     cleanup_distributed()
 ''')
 

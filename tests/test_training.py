@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from helpers import REPO_ROOT, deep_update, make_paired_folder, photo
 from sr_arch import train as train_module
-from sr_arch.models.training import NonFiniteError, TrainingFeatures
+from sr_arch.models.training import NonFiniteError
 from sr_arch.utils.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint
 from sr_arch.utils.dist import LauncherError
 from sr_arch.utils.options import OptionError, parse_options
@@ -266,8 +266,8 @@ def test_linear_warmup_then_schedule(tmp_path, schedule):
     scheduler = ({'type': 'MultiStepLR', 'milestones': [6], 'gamma': 0.5} if schedule == 'MultiStepLR'
                  else {'type': 'CosineAnnealingRestartLR', 'periods': [8], 'restart_weights': [1], 'eta_min': 0.0,
                        'milestones': None, 'gamma': None})
-    model = build(model_options(tmp_path, {'optim_g': {'type': 'SGD', 'lr': 1e-3, 'betas': None}, 'scheduler': scheduler,
-                                           'warmup_iter': 4}))
+    sgd = {'type': 'SGD', 'lr': 1e-3, 'betas': None}
+    model = build(model_options(tmp_path, {'optim_g': sgd, 'scheduler': scheduler, 'warmup_iter': 4}))
     lrs = []
     for it in range(1, 9):
         model.update_learning_rate(it, warmup_iter=model.features.warmup_iter)
@@ -362,8 +362,8 @@ def test_non_strict_finetune_load_reports_skipped_tensors(tmp_path):
     text = '\n'.join(logs.messages)
     assert 'missing in checkpoint (kept at initialisation): conv_last.weight' in text
     assert 'unexpected in checkpoint (ignored): extra.weight' in text
-    assert 'shape mismatch (kept at initialisation): upconv1.weight: checkpoint [32, 8, 3, 3] vs network [72, 8, 3, 3]' \
-        in text
+    assert ('shape mismatch (kept at initialisation): upconv1.weight: checkpoint [32, 8, 3, 3] vs network '
+            '[72, 8, 3, 3]') in text
     assert torch.equal(model.net_g.conv_first.weight, source['conv_first.weight'])
     assert not torch.equal(model.net_g.conv_last.weight, source['conv_last.weight'])
 

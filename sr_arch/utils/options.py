@@ -125,12 +125,15 @@ def resolve_num_gpu(value: Any, source: str) -> int:
 
 
 def set_deterministic(enabled: bool) -> None:
-    """Deterministic kernels (cuDNN without autotuning); otherwise cuDNN benchmark mode as in basicsr."""
+    """Deterministic kernels (cuDNN without autotuning); otherwise cuDNN benchmark mode as in basicsr.
+
+    Ops without a deterministic CUDA kernel (e.g. the backward of reflect padding) warn instead of failing.
+    """
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cudnn.deterministic = enabled
     if enabled:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
 def seed_everything(seed: int) -> None:
