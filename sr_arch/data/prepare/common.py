@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -381,8 +381,3 @@ def format_path_template(template: str, scale: int, option: str) -> str:
         return template.format(s=scale)
     except (KeyError, IndexError, ValueError) as err:
         raise PrepareError(f'{option} {template!r}: only the placeholder {{s}} (the scale) is allowed') from err
-
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
