@@ -229,15 +229,16 @@ class TrainingMixin:
     # ------------------------------------------------------------------ devices and wrappers
 
     def model_to_device(self, net: nn.Module) -> nn.Module:
-        """Move to ``self.device`` (channels-last if asked) and wrap in DDP (GPU or CPU) / DataParallel."""
+        """Move to ``self.device`` (channels-last if asked) and, for training, wrap in DDP (GPU or CPU) /
+        DataParallel. Testing under a launcher needs no wrapper: every rank runs its own images."""
         net = net.to(self.device)
         if self.features.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        if self.opt['dist']:
+        if self.opt['dist'] and self.opt.get('is_train', True):
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
             net = DistributedDataParallel(net, device_ids=device_ids,
                                           find_unused_parameters=self.opt.get('find_unused_parameters', False))
-        elif self.opt['num_gpu'] > 1:
+        elif not self.opt['dist'] and self.opt['num_gpu'] > 1:
             _logger().warning('num_gpu > 1 without a launcher uses DataParallel; torchrun --launcher pytorch '
                               '(DistributedDataParallel) is faster')
             net = DataParallel(net)
@@ -287,8 +288,8 @@ class TrainingMixin:
         state = extract_state_dict(load_checkpoint(load_path), param_key, source=load_path)
         usable, report = match_state_dict(bare.state_dict(), state, load_path)
         if strict and not report.complete:
-            raise CheckpointError(f'strict load (path.strict_load_g: true) of {load_path} into '
-                                  f'{bare.__class__.__name__} failed; set strict_load_g: false to skip these:\n'
+            raise CheckpointError(f'strict load of {load_path} into {bare.__class__.__name__} failed; set '
+                                  'path.strict_load_g (strict_load_d…) to false to skip these:\n'
                                   + '\n'.join(report.lines()))
         bare.load_state_dict(usable, strict=False)
         logger = _logger()
