@@ -5,9 +5,8 @@ one line per fix:
 
 1. ``torchvision.transforms.functional_tensor`` was removed in torchvision 0.17; basicsr's
    ``data/degradations.py`` imports ``rgb_to_grayscale`` from it (BasicSR #663). We alias the module.
-2. ``BaseModel.model_to_device`` gives DDP ``device_ids=[torch.cuda.current_device()]`` even on CPU, so plain
-   basicsr models (``model_type: SRModel``…) crash under ``torchrun --launcher pytorch`` with gloo; on CPU we
-   wrap without device ids (our ``SRArchModel`` has its own ``model_to_device``).
+2. ``BaseModel.model_to_device`` gives DDP ``device_ids=[torch.cuda.current_device()]`` even on CPU: basicsr's
+   own models crashed under torchrun with gloo ("Found no NVIDIA driver"); on CPU we wrap without device ids.
 """
 from __future__ import annotations
 
