@@ -84,6 +84,12 @@ def extract_state_dict(checkpoint: Any, param_key: str | None = 'params_ema', so
     return state
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -94,6 +100,7 @@ def atomic_save(obj: Any, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; checkpoints are shared files
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
