@@ -145,7 +145,7 @@ def tiny_model(**opt_overrides):
 
 def test_self_ensemble_is_the_mean_of_the_eight_back_transformed_outputs():
     model = tiny_model(val={'self_ensemble': True})
-    lq = to_tensor(bicubic_downsample(photo('coffee', 120), 4))[..., :20, :28]  # not a multiple of 8, not square
+    lq = to_tensor(bicubic_downsample(photo('coffee', 120), 4))[..., :12, :20]  # not a multiple of 8, not square
     model.net_g.train()
     model.lq = lq
     model.test()
@@ -154,26 +154,26 @@ def test_self_ensemble_is_the_mean_of_the_eight_back_transformed_outputs():
     with torch.no_grad():
         outputs = [dihedral_inverse(padded_forward(net, dihedral_transform(lq, *t), 2, 8), *t) for t in ENSEMBLE_TRANSFORMS]
     expected = torch.stack(outputs).mean(0)
-    assert model.output.shape == (1, 3, 40, 56)
+    assert model.output.shape == (1, 3, 24, 40)
     assert (model.output - expected).abs().max() < 1e-5
     assert (outputs[0] - expected).abs().max() > 1e-3  # the ensemble changes the output
 
 
 def test_val_tile_wins_over_the_top_level_block_and_tiles_inside_the_model():
-    lq = to_tensor(bicubic_downsample(photo('chelsea', 160), 2))[..., :72, :64]
+    lq = to_tensor(bicubic_downsample(photo('chelsea', 160), 2))[..., :40, :48]
     whole = tiny_model()
     whole.lq = lq
     whole.test()
-    tiled = tiny_model(tile={'tile_size': 32, 'tile_pad': 8})
+    tiled = tiny_model(tile={'tile_size': 24, 'tile_pad': 8})
     tiled.lq = lq
     tiled.test()
-    val_tile = tiny_model(tile={'tile_size': 32, 'tile_pad': 8}, val={'tile': {'tile_size': 128}})
+    val_tile = tiny_model(tile={'tile_size': 24, 'tile_pad': 8}, val={'tile': {'tile_size': 64}})
     val_tile.lq = lq
     val_tile.test()
     assert torch.equal(val_tile.output, whole.output)  # val.tile (one tile) overrides the top-level block
     difference = (tiled.output - whole.output).abs()
     assert difference.max() > 1e-6 and difference.mean() < 0.02  # tiled: differs a little near tile borders
-    assert tiled.output.shape == whole.output.shape == (1, 3, 144, 128)
+    assert tiled.output.shape == whole.output.shape == (1, 3, 80, 96)
 
 
 # ---------------------------------------------------------------------------------------------- profile

@@ -2,9 +2,10 @@
 
 An LR image is cut into equally sized, overlapping tiles; tiles are run through the network in
 batches, and the outputs are put back together with weights that ramp linearly across the middle of
-each overlap (pixels next to a tile edge, which lack context, get ~0 weight), so that no seam shows. ``tile_size: auto`` picks the largest tile whose forward pass fits a memory
-budget, from peak memory measured on three small probe tiles (CUDA: the allocator's peak; CPU: the
-bytes of live tensors, tracked by ``PeakMemoryTracker``).
+each overlap (pixels next to a tile edge, which lack context, get ~0 weight), so that no seam shows.
+``tile_size: auto`` picks the largest tile whose forward pass fits a memory budget, from peak memory
+measured on three small probe tiles (CUDA: the allocator's peak; CPU: the bytes of live tensors,
+tracked by ``PeakMemoryTracker``).
 
 Option block (top level ``tile:`` like HAT's official files, or ``val.tile:``)::
 
@@ -33,7 +34,7 @@ _SIZE_UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**1
 
 
 def parse_memory_size(value: int | float | str, key: str = 'max_memory') -> int:
-    """``8GB`` / ``512MiB`` / ``1e9`` / ``2**30`` -> bytes. Raises ValueError naming ``key``."""
+    """``8GB`` / ``512MiB`` / ``1.5G`` / a number of bytes -> bytes. Raises ValueError naming ``key``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value <= 0:
             raise ValueError(f'{key} must be positive, got {value!r}')
