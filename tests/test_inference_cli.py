@@ -131,6 +131,13 @@ def test_checkpoint_of_another_network_or_scale_is_one_line_naming_it(tmp_path, 
     assert infer.main(['--model', checkpoint, image, '--out', str(tmp_path / 'o'), '--scale', '4']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and checkpoint in err[0] and 'x2' in err[0] and 'x4' in err[0]
+
+    modified = dict(load_golden('hat_tiny_x2')['state_dict'])
+    del modified['conv_last.bias']
+    atomic_save(modified, str(tmp_path / 'modified.pth'))
+    assert infer.main(['--model', str(tmp_path / 'modified.pth'), image, '--out', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'modified.pth: looks like HAT' in err[0] and '1 missing (conv_last.bias)' in err[0]
     assert not os.path.exists(tmp_path / 'o')
 
 
