@@ -1,6 +1,7 @@
 """LabNet (synthetic blind SR): network vs official golden/manifests, blind-SR dataset, Gaussian8, options."""
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -14,7 +15,7 @@ import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
 
 from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_upscale, derive_options, golden_cases,
-                     load_golden, load_manifests, photo, psnr_y, run_script, upscale_with)
+                     load_golden, load_manifests, photo, psnr_y, run_script)
 from sr_arch.archs.labnet_arch import LABNET_SCALES, LABNET_VARIANTS, OFFICIAL_NUM_BLOCKS, LabNet
 from sr_arch.data import gaussian8
 from sr_arch.data.blind_sr_dataset import BlindSRDataset, blur, degrade, gaussian_kernel
@@ -260,7 +261,8 @@ def test_gaussian8_generator_layout_resume_and_content(tmp_path, capsys):
     os.remove(root / 'sig0.80' / 'coffee.png')
     summary = gaussian8.generate_gaussian8(str(src), str(out), [2], ['Set5'], log=lambda *_: None)
     assert summary == {('Set5', 2): (1, 17)}
-    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.name != 'coffee.png' or 'sig0.80' not in str(p))
+    regenerated = root / 'sig0.80' / 'coffee.png'
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p != regenerated)
     assert not [p for p in root.rglob('*') if p.name.startswith('.tmp_')]
 
     assert gaussian8.main(['--input', str(src), '--output', str(out), '--sets', 'Urban100']) == 2
@@ -309,7 +311,8 @@ def test_option_files_follow_the_official_recipe(scale):
 
     test = load_yml(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml')
     names = [d['name'] for d in test['datasets'].values()]
-    expected = [gaussian8.dataset_name(s, w) for s in gaussian8.BENCHMARK_SETS for w in gaussian8.gaussian8_sigmas(scale)]
+    expected = [gaussian8.dataset_name(s, w)
+                for s in gaussian8.BENCHMARK_SETS for w in gaussian8.gaussian8_sigmas(scale)]
     assert names == expected
     for d in test['datasets'].values():
         set_name, tag = d['name'].rsplit('_', 1)
@@ -322,48 +325,62 @@ def test_option_files_follow_the_official_recipe(scale):
 # ----------------------------------------------------------------------------------------------------------
 # training
 
-def test_tiny_labnet_trains_from_our_option_file_and_beats_bicubic_on_gaussian8(tmp_path):
+def test_tiny_labnet_trains_and_tests_with_our_option_files_and_beats_bicubic_on_gaussian8(tmp_path):
+    """train.py on blurred photos (train option file) -> Gaussian8 set of held-out photos made by our generator
+    -> test.py (Gaussian8 test option file, checkpoint in the official plain-state_dict layout)."""
     scale, iters = 2, 200
-    train_hr = str(tmp_path / 'train_hr')
-    write_photos(train_hr, TRAIN_PHOTOS, crop=(256, 256))
-    network = dict(type='LabNet', upscale=scale, **TINY)
-    network['num_blocks'] = list(network['num_blocks'])
+    train_hr, heldout_hr = tmp_path / 'train_hr', tmp_path / 'datasets' / 'benchmark' / 'Set5' / 'HR'
+    write_photos(str(train_hr), TRAIN_PHOTOS, crop=(256, 256))
+    write_photos(str(heldout_hr), HELDOUT_PHOTOS, size=128)  # stands in for Set5
+    network = dict(type='LabNet', nf=TINY['nf'], num_blocks=list(TINY['num_blocks']), upscale=scale,
+                   residual_antialias=True)
     derive_options(f'options/train/LabNet/train_LabNet_SRx{scale}.yml', {
         'name': 'tiny_labnet', 'num_gpu': 0, 'network_g': network,
         'datasets': {
-            'train': dict(dataroot_gt=train_hr, io_backend={'type': 'disk'}, gt_size=16 * scale, batch_size_per_gpu=8,
-                          num_worker_per_gpu=0, dataset_enlarge_ratio=100),
-            'val': None},
+            'train': dict(dataroot_gt=str(train_hr), io_backend={'type': 'disk'}, gt_size=16 * scale,
+                          batch_size_per_gpu=8, num_worker_per_gpu=0, dataset_enlarge_ratio=100),
+            'val': dict(dataroot_gt=str(heldout_hr))},  # the file's on-the-fly Gaussian8 validation
         'train': {'optim_g': {'lr': 2e-3}, 'scheduler': {'milestones': [iters]}, 'total_iter': iters},
-        'val': None,
+        'val': {'val_freq': iters},
         'logger': {'print_freq': 50, 'save_checkpoint_freq': iters, 'use_tb_logger': False},
     }, str(tmp_path / 'train.yml'))
     start = time.time()
     run_script('train.py', ['-opt', str(tmp_path / 'train.yml')], cwd=str(tmp_path))
     print(f'training {iters} iterations took {time.time() - start:.1f} s')
+    train_log = ''.join(p.read_text() for p in (tmp_path / 'experiments' / 'tiny_labnet').glob('train_*.log'))
+    assert 'Set5_gaussian8' in train_log and 'psnr' in train_log
 
+    # released-checkpoint layout: a plain state_dict where the test option file expects LabNetx{s}.pth
     weights = extract_state_dict(load_checkpoint(str(tmp_path / 'experiments/tiny_labnet/models/net_g_latest.pth')))
-    net = LabNet(**{k: v for k, v in network.items() if k != 'type'})
-    net.load_state_dict(weights, strict=True)
+    released = tmp_path / 'experiments' / 'pretrained_models' / 'LabNet' / f'LabNetx{scale}.pth'
+    released.parent.mkdir(parents=True)
+    torch.save(dict(weights), released)
+    assert gaussian8.main(['--input', str(tmp_path / 'datasets' / 'benchmark'), '--sets', 'Set5',
+                           '--scales', str(scale), '--output', str(tmp_path / 'datasets' / 'benchmark_gaussian8')]) == 0
+    test_yml = load_yml(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml')
+    other_sets = {key: None for key, d in test_yml['datasets'].items() if not d['name'].startswith('Set5_')}
+    derive_options(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml', {
+        'num_gpu': 0, 'datasets': other_sets, 'network_g': network,
+    }, str(tmp_path / 'test.yml'))
+    run_script('test.py', ['-opt', str(tmp_path / 'test.yml')], cwd=str(tmp_path))
 
-    # a Gaussian8-style set of held-out photos, written by our generator
-    heldout = tmp_path / 'benchmark' / 'Heldout' / 'HR'
-    write_photos(str(heldout), HELDOUT_PHOTOS, size=128)
-    gaussian8.generate_gaussian8(str(tmp_path / 'benchmark'), str(tmp_path / 'g8'), [scale], ['Heldout'],
-                                 log=lambda *_: None)
-    root = tmp_path / 'g8' / 'Heldout' / f'X{scale}'
-    results = {}
-    for sigma in gaussian8.gaussian8_sigmas(scale):
-        ours, bicubic = [], []
-        for name in HELDOUT_PHOTOS:
-            hr = cv2.cvtColor(cv2.imread(str(root / 'HR' / f'{name}.png')), cv2.COLOR_BGR2RGB)
-            lr = cv2.cvtColor(cv2.imread(str(root / gaussian8.width_tag(sigma) / f'{name}.png')), cv2.COLOR_BGR2RGB)
-            ours.append(psnr_y(upscale_with(net, lr), hr, crop_border=scale))
-            bicubic.append(psnr_y(bicubic_upscale(lr, scale), hr, crop_border=scale))
-        results[gaussian8.dataset_name('Heldout', sigma)] = {'labnet': np.mean(ours), 'bicubic': np.mean(bicubic)}
-    average = gaussian8.average_over_widths(results)['Heldout']
-    print(f'held-out Gaussian8 x{scale} ({len(HELDOUT_PHOTOS)} photos x 8 widths), mean PSNR-Y: '
-          f'LabNet-tiny {average["labnet"]:.2f} dB, bicubic of the blurred LR {average["bicubic"]:.2f} dB; per width: '
-          + ', '.join(f'{name[-7:]} {r["labnet"]:.2f}/{r["bicubic"]:.2f}' for name, r in results.items()))
-    assert average['labnet'] > average['bicubic'] + 0.3
-    assert all(r['labnet'] > r['bicubic'] for r in results.values())
+    results_dir = tmp_path / 'results' / test_yml['name']
+    per_width = json.loads((results_dir / 'summary.json').read_text())
+    by_set = json.loads((results_dir / 'summary_by_set.json').read_text())
+    assert list(per_width) == [gaussian8.dataset_name('Set5', s) for s in gaussian8.gaussian8_sigmas(scale)]
+    assert by_set['Set5']['psnr'] == pytest.approx(np.mean([r['psnr'] for r in per_width.values()]))
+    bicubic = {}
+    root = tmp_path / 'datasets' / 'benchmark_gaussian8' / 'Set5' / f'X{scale}'
+    for name in per_width:
+        scores = []
+        for photo_name in HELDOUT_PHOTOS:
+            hr = cv2.cvtColor(cv2.imread(str(root / 'HR' / f'{photo_name}.png')), cv2.COLOR_BGR2RGB)
+            lr = cv2.cvtColor(cv2.imread(str(root / name.split('_')[-1] / f'{photo_name}.png')), cv2.COLOR_BGR2RGB)
+            scores.append(psnr_y(bicubic_upscale(lr, scale), hr, crop_border=scale))
+        bicubic[name] = float(np.mean(scores))
+    bicubic_mean = float(np.mean(list(bicubic.values())))
+    print(f'held-out Gaussian8 x{scale} ({len(HELDOUT_PHOTOS)} photos x 8 widths, test.py), mean PSNR-Y: '
+          f'LabNet-tiny {by_set["Set5"]["psnr"]:.2f} dB, bicubic of the blurred LR {bicubic_mean:.2f} dB; per width: '
+          + ', '.join(f'{n[-7:]} {per_width[n]["psnr"]:.2f}/{bicubic[n]:.2f}' for n in per_width))
+    assert by_set['Set5']['psnr'] > bicubic_mean + 0.3
+    assert all(per_width[n]['psnr'] > bicubic[n] for n in per_width)

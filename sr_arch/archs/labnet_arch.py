@@ -188,7 +188,8 @@ class _Resample(nn.Module):
     def __init__(self, channels: int, down: bool):
         super().__init__()
         if down:  # C -> C/2 -> unshuffle -> 2C at half resolution
-            self.body = nn.Sequential(nn.Conv2d(channels, channels // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
+            self.body = nn.Sequential(nn.Conv2d(channels, channels // 2, 3, padding=1, bias=False),
+                                      nn.PixelUnshuffle(2))
         else:  # C -> 2C -> shuffle -> C/2 at double resolution
             self.body = nn.Sequential(nn.Conv2d(channels, channels * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
 
@@ -266,7 +267,8 @@ def _check_config(nf: Any, upscale: Any, num_blocks: Any) -> tuple[int, int, tup
         raise ValueError(f'LabNet: nf must be an even integer >= 16 (the channel gates squeeze nf/16 '
                          f'channels, the first downsampler halves nf), got nf={nf!r}')
     if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
-        raise ValueError(f'LabNet: upscale must be a positive integer (published: {LABNET_SCALES}), got upscale={upscale!r}')
+        raise ValueError(f'LabNet: upscale must be a positive integer (published: {LABNET_SCALES}), '
+                         f'got upscale={upscale!r}')
     blocks = tuple(num_blocks) if isinstance(num_blocks, (list, tuple)) else None
     if blocks is None or len(blocks) != len(STAGE_NAMES) or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in blocks):
@@ -299,7 +301,8 @@ class LabNet(nn.Module):
         super().__init__()
         unknown = sorted(set(official_unused) - set(OFFICIAL_UNUSED_ARGS))
         if unknown:
-            raise TypeError(f'{type(self).__name__}: unknown argument(s) {unknown}; accepted: nf, upscale, num_blocks, residual_antialias '
+            raise TypeError(f'{type(self).__name__}: unknown argument(s) {unknown}; accepted: nf, upscale, num_blocks, '
+                            'residual_antialias '
                             f'(and the ignored official {list(OFFICIAL_UNUSED_ARGS)})')
         if official_unused:
             warnings.warn(f'{type(self).__name__}: ignoring {sorted(official_unused)}: these official LabNet_STEA '

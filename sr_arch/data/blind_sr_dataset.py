@@ -155,7 +155,8 @@ class BlindSRDataset(data.Dataset):
         if isinstance(self.kernel_size, bool) or not isinstance(self.kernel_size, int) or self.kernel_size % 2 == 0:
             raise ValueError(f'BlindSRDataset: blur_kernel_size must be an odd integer, got {self.kernel_size!r}')
         if 'blur_sigma' not in opt and self.scale not in DEFAULT_SIGMA_RANGE:
-            raise ValueError(f'BlindSRDataset: no default blur_sigma for scale {self.scale}; set blur_sigma: [low, high]')
+            raise ValueError(f'BlindSRDataset: no default blur_sigma for scale {self.scale}; '
+                             'set blur_sigma: [low, high]')
         self.sigma_range = _range(opt, 'blur_sigma', DEFAULT_SIGMA_RANGE.get(self.scale))
         if self.sigma_range[0] <= 0:
             raise ValueError(f'BlindSRDataset: blur_sigma must be > 0, got {list(self.sigma_range)}')
@@ -249,7 +250,8 @@ class BlindSRDataset(data.Dataset):
                 img = img.transpose(1, 0, 2)
         return np.ascontiguousarray(img)
 
-    def _draw_kernel(self, rng: np.random.Generator, fixed_sigma: float | None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    def _draw_kernel(self, rng: np.random.Generator, fixed_sigma: float | None
+                     ) -> tuple[np.ndarray, tuple[float, float, float]]:
         if fixed_sigma is not None:
             return gaussian_kernel(self.kernel_size, fixed_sigma), (fixed_sigma, fixed_sigma, 0.0)
         low, high = self.sigma_range

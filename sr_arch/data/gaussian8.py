@@ -24,7 +24,7 @@ import re
 import sys
 import tempfile
 from collections import OrderedDict
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -175,7 +175,8 @@ def generate_set(hr_folder: str, out_folder: str, scale: int, overwrite: bool = 
 
 
 def generate_gaussian8(input_root: str, output_root: str, scales: Iterable[int] = (2, 3, 4),
-                       sets: Sequence[str] | None = None, overwrite: bool = False, log=print) -> dict[tuple[str, int], tuple[int, int]]:
+                       sets: Sequence[str] | None = None, overwrite: bool = False,
+                       log: Callable[[str], Any] = print) -> dict[tuple[str, int], tuple[int, int]]:
     """Generate Gaussian8 for ``sets`` (default: those of BENCHMARK_SETS present under ``input_root``).
 
     Returns:
@@ -192,7 +193,8 @@ def generate_gaussian8(input_root: str, output_root: str, scales: Iterable[int] 
         if missing:
             log(f'skipping sets not found under {input_root}: {missing}')
     else:
-        absent = [os.path.join(input_root, s, 'HR') for s in sets if not os.path.isdir(os.path.join(input_root, s, 'HR'))]
+        absent = [os.path.join(input_root, s, 'HR') for s in sets
+                  if not os.path.isdir(os.path.join(input_root, s, 'HR'))]
         if absent:
             raise FileNotFoundError(f'HR folder(s) not found: {absent}')
     summary = {}
