@@ -78,3 +78,11 @@ def test_another_network_gets_the_closest_family_and_counts():
     message = str(error.value)
     assert message.startswith('srresnet.pth: not a checkpoint of HAT, RGT, GRFormer, ESRT, LabNet; closest is ')
     assert ' missing (' in message and ' unexpected (' in message and '\n' not in message
+
+
+def test_a_damaged_checkpoint_is_compared_at_the_scale_that_fits_best():
+    state = {k: v for k, v in load_golden('esrt_x2')['state_dict'].items() if not k.startswith('head.')}
+    with pytest.raises(DetectionError) as error:
+        detect_architecture(state, 'esrt.pth')
+    assert str(error.value).endswith('closest is ESRT (99% of key patterns shared; missing head.0.weight); '
+                                     'compared with ESRT x2: 2 missing (head.0.weight, head.0.bias)')

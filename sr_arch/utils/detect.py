@@ -322,12 +322,15 @@ def _key_pattern(name: str) -> str:
     return re.sub(r'\.\d+(?=\.|$)', '.#', name)
 
 
+REFERENCE_SCALES = (2, 3, 4)
+
+
 @functools.lru_cache(maxsize=None)
-def _reference_shapes(family: str) -> Shapes:
-    """Names/shapes of the family's first published variant at x4 (the reference when nothing matches)."""
-    name, variant_kwargs = next(iter(family_variants(family).items()))
-    kwargs = {'upscale': 4, **variant_kwargs}
-    return state_dict_shapes(build_on_meta(family, kwargs).state_dict())
+def _reference(family: str, scale: int = 4) -> tuple[str, Shapes]:
+    """(name, names/shapes) of the family's first published variant at ``scale``: the yardstick when
+    nothing matches."""
+    name, kwargs = next(iter(published_variants(family, scale).items()))
+    return f'{name} x{scale}', state_dict_shapes(build_on_meta(family, kwargs).state_dict())
 
 
 def closest_family(shapes: Shapes) -> tuple[str, float]:
@@ -336,7 +339,7 @@ def closest_family(shapes: Shapes) -> tuple[str, float]:
     best, best_score = '', -1.0
     for family in FAMILY_MODULES:
         try:
-            reference = {_key_pattern(k) for k in _reference_shapes(family)}
+            reference = {_key_pattern(k) for k in _reference(family)[1]}
         except Exception:  # noqa: BLE001  (an arch that cannot be built is simply not a candidate)
             continue
         score = len(patterns & reference) / max(1, len(patterns | reference))
@@ -381,8 +384,13 @@ def detect_architecture(state_dict: Mapping[str, Any], source: str = '<state_dic
     family, score = closest_family(shapes)
     if not family:
         raise DetectionError(f'{source}: not a checkpoint of {", ".join(FAMILY_MODULES)} (no architecture loadable)')
-    missing, unexpected, mismatched = compare_state_dicts(_reference_shapes(family), shapes)
+    comparisons = []
+    for scale in REFERENCE_SCALES:  # the scale that explains the most keys
+        reference_name, reference_shapes = _reference(family, scale)
+        differences = compare_state_dicts(reference_shapes, shapes)
+        comparisons.append((sum(map(len, differences)), reference_name, differences))
+    _, reference_name, (missing, unexpected, mismatched) = min(comparisons)
     raise DetectionError(
         f'{source}: not a checkpoint of {", ".join(FAMILY_MODULES)}; closest is {family} '
         f'({score:.0%} of key patterns shared; {reasons.get(family, "")}); compared with '
-        f'{next(iter(family_variants(family)))} x4: {describe_differences(missing, unexpected, mismatched)}')
+        f'{reference_name}: {describe_differences(missing, unexpected, mismatched)}')
