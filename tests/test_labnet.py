@@ -217,6 +217,22 @@ def test_dataset_eval_phase_lr_size_widths_and_blur_strength(tmp_path):
     assert len(make_dataset(folder, phase='val', scale=3, sigmas='gaussian8')) == 8
 
 
+def test_dataset_reads_lmdb_like_the_folder_and_draws_anisotropic_kernels(tmp_path):
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    folder = str(tmp_path / 'hr')
+    write_photos(folder, ('astronaut', 'coffee'), size=96)
+    make_lmdb_from_imgs(folder, str(tmp_path / 'hr.lmdb'), ['astronaut.png', 'coffee.png'], ['astronaut', 'coffee'])
+    from_lmdb = make_dataset(str(tmp_path / 'hr.lmdb'), io_backend={'type': 'lmdb'}, aniso_prob=1.0)
+    from_folder = make_dataset(folder, aniso_prob=1.0)
+    a, b = seeded_item(from_lmdb, 1, 3), seeded_item(from_folder, 1, 3)
+    assert a['gt_path'] == 'coffee' and torch.equal(a['gt'], b['gt']) and torch.equal(a['lq'], b['lq'])
+    sigma_x, sigma_y, angle = a['kernel_params'].tolist()
+    assert sigma_x != sigma_y and angle != 0.0 and a['sigma'] == pytest.approx(sigma_x)
+    with pytest.raises(FileNotFoundError, match='no meta_info.txt'):
+        make_dataset(str(tmp_path / 'missing.lmdb'), io_backend={'type': 'lmdb'})
+
+
 def test_dataset_noise_and_bad_options(tmp_path):
     folder = str(tmp_path / 'hr')
     write_photos(folder, ('rocket',), size=96)
