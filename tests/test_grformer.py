@@ -1,0 +1,255 @@
+"""GRFormer: official equivalence, any input size, state_dict layout, gradient checkpointing, training."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options,
+                     golden_cases, load_golden, load_manifests, make_paired_folder, photo, psnr_y, run_script,
+                     upscale_with)
+from sr_arch.archs.arch_util import attention_backend
+from sr_arch.archs.grformer_arch import GRFORMER_VARIANTS, GRFormer
+from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
+
+GOLDEN = golden_cases('grformer')
+SCALES = (2, 3, 4)
+#: a GRFormer small enough for CPU tests, with both window orientations (depth 4: blocks 2, 3 are (Ww, Wh))
+TINY = dict(img_size=32, embed_dim=24, depths=[4], num_heads=[2], window_size=[4, 8], mlp_ratio=2)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _single_thread():
+    """Tiny networks run fastest on one thread, and do not fight other processes for the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_grformer(upscale: int = 2, **overrides) -> GRFormer:
+    return GRFormer(**{**TINY, 'upscale': upscale, **overrides})
+
+
+def test_golden_cases_exist():
+    assert GOLDEN == ['grformer_tiny_x2', 'grformer_tiny_x4']
+
+
+@pytest.mark.parametrize('backend', ['sdpa', 'plain'])
+@pytest.mark.parametrize('case', GOLDEN)
+def test_matches_official_outputs(case, backend):
+    golden = load_golden(case)
+    net = GRFormer(**golden['kwargs'])
+    net.load_state_dict(golden['state_dict'], strict=True)
+    net.eval()
+    with torch.no_grad(), attention_backend(backend):
+        out = net(golden['input'])
+    assert out.shape == golden['output'].shape
+    assert (out - golden['output']).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize('size', [(5, 7), (1, 1), (17, 9), (33, 40), (32, 32), (24, 64)])
+def test_any_input_size_and_backends_agree(size):
+    net = tiny_grformer(upscale=3).eval()
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        fused = net(x)
+        with attention_backend('plain'):
+            plain = net(x)
+    assert fused.shape == (2, 3, 3 * size[0], 3 * size[1])
+    assert torch.isfinite(fused).all()
+    assert (fused - plain).abs().max().item() < 1e-5
+
+
+def test_crop_of_padded_input_matches_network_padding():
+    """Internal padding is the reflect padding the official check_image_size applies."""
+    net = tiny_grformer(upscale=2).eval()
+    x = torch.rand(1, 3, 13, 21)
+    padded = torch.nn.functional.pad(x, (0, 3, 0, 3), mode='reflect')  # to the multiple of 8
+    with torch.no_grad():
+        assert torch.allclose(net(x), net(padded)[..., :26, :42], atol=1e-6)
+
+
+def test_rectangle_windows_alternate_and_shift_is_not_swapped():
+    with torch.device('meta'):
+        net = GRFormer.from_variant('GRFormer-light', 2)
+    blocks = net.layers[0].blocks
+    assert [b.window_size for b in blocks] == [(8, 32), (8, 32), (32, 8), (32, 8), (8, 32), (8, 32)]
+    assert [b.shift_size for b in blocks] == [(0, 0), (4, 16), (0, 0), (4, 16), (0, 0), (4, 16)]
+    assert blocks[3].attn.relative_position_bias_table.shape == (1, 63, 15, 2)
+
+
+@pytest.mark.parametrize('scale', SCALES)
+def test_state_dict_matches_official_manifest(scale):
+    manifest = load_manifests()[f'GRFormer-light x{scale}']
+    assert manifest['kwargs'] == {**GRFORMER_VARIANTS['GRFormer-light'], 'upscale': scale,
+                                  'depths': [6, 6, 6, 6], 'num_heads': [3, 3, 3, 3], 'window_size': [8, 32]}
+    with torch.device('meta'):
+        net = GRFormer.from_variant('GRFormer-light', scale)
+    ours = {name: [list(t.shape), str(t.dtype)] for name, t in net.state_dict().items()}
+    assert ours == manifest['state_dict']
+    assert sum(p.numel() for p in net.parameters()) == manifest['params']
+    assert sum(name.endswith('attn_mask') for name in ours) == 12
+
+
+def test_persistent_mask_path_equals_on_the_fly_path():
+    """A padded input of img_size uses the checkpoint's attn_mask buffers; other sizes compute (and cache) masks."""
+    with_buffers = tiny_grformer(img_size=32).eval()
+    on_the_fly = tiny_grformer(img_size=16).eval()
+    weights = {k: v for k, v in with_buffers.state_dict().items() if not k.endswith('attn_mask')}
+    missing, unexpected = on_the_fly.load_state_dict(weights, strict=False)
+    assert set(missing) == {'layers.0.blocks.1.attn_mask', 'layers.0.blocks.3.attn_mask'} and not unexpected
+    assert with_buffers.layers[0].blocks[1].attn_mask.min().item() == -1e9  # the official fill
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(with_buffers(x), on_the_fly(x), atol=1e-6)
+    assert not with_buffers.layers[0].blocks[1]._mask_cache
+    assert list(on_the_fly.layers[0].blocks[1]._mask_cache) == [(32, 32, torch.device('cpu'))]
+
+
+def test_position_bias_cache_is_never_stale():
+    net = tiny_grformer().eval()
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        before = net(x)
+        attn = net.layers[0].blocks[0].attn
+        assert attn._position_bias_cache is not None  # cached in eval mode
+        attn.ESRPB_MLP[2].weight.mul_(3.0)  # an in-place update, like an optimizer step
+        after = net(x)
+        fresh = tiny_grformer().eval()
+        fresh.load_state_dict(net.state_dict())
+        assert not torch.allclose(before, after)
+        assert torch.equal(after, fresh(x))
+    net.train()
+    net(x)
+    assert attn._position_bias_cache is None
+
+
+def test_gradients_reach_position_bias_mlp_in_eval_mode():
+    net = tiny_grformer().eval()
+    net(torch.rand(1, 3, 16, 16)).mean().backward()
+    assert net.layers[0].blocks[0].attn.ESRPB_MLP[0].weight.grad.abs().sum() > 0
+
+
+def test_use_checkpoint_gradients_equal_plain_gradients():
+    plain = tiny_grformer(drop_path_rate=0.1).train()
+    checkpointed = tiny_grformer(drop_path_rate=0.1, use_checkpoint=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 12, 20)
+    grads = []
+    for net in (plain, checkpointed):
+        torch.manual_seed(1)  # same DropPath draws
+        net(x).square().mean().backward()
+        grads.append({n: p.grad for n, p in net.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(upsampler='pixelshuffle'), "upsampler 'pixelshuffle'"),
+    (dict(resi_connection='3conv'), "resi_connection '3conv'"),
+    (dict(embed_dim=25), 'embed_dim must be even'),
+    (dict(embed_dim=26, num_heads=[4]), 'not divisible by num_heads 4'),
+    (dict(window_size=[8]), 'window_size must be two integers'),
+    (dict(depths=[2, 2]), 'same length'),
+    (dict(windows_size=[8, 32]), "unknown argument(s) ['windows_size']"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises((ValueError, TypeError)) as err:
+        tiny_grformer(**kwargs)
+    assert message in str(err.value)
+
+
+def test_bad_input_shape_is_named():
+    with pytest.raises(ValueError, match=r'expects \(B, 3, H, W\) input, got \(1, 1, 8, 8\)'):
+        tiny_grformer()(torch.rand(1, 1, 8, 8))
+
+
+def test_variant_builder_rejects_unknown_names():
+    with pytest.raises(KeyError, match='GRFormer-light'):
+        GRFormer.from_variant('GRFormer-huge', 2)
+
+
+@pytest.mark.parametrize('scale', SCALES)
+def test_option_files_follow_the_recipe(scale):
+    with open(os.path.join(REPO_ROOT, f'options/train/GRFormer/train_GRFormer_light_SRx{scale}_scratch.yml')) as f:
+        train = yaml.safe_load(f)
+    with open(os.path.join(REPO_ROOT, f'options/test/GRFormer/test_GRFormer_light_SRx{scale}.yml')) as f:
+        test = yaml.safe_load(f)
+    variant = {**GRFORMER_VARIANTS['GRFormer-light'], 'upscale': scale}
+    for opt in (train, test):
+        assert opt['model_type'] == 'GRModel' and opt['scale'] == scale
+        net = {k: v for k, v in opt['network_g'].items() if k != 'type'}
+        assert {k: tuple(v) if isinstance(v, list) else v for k, v in net.items()} == variant
+        assert {m['crop_border'] for m in opt['val']['metrics'].values()} == {scale}
+    assert train['datasets']['train']['batch_size_per_gpu'] == 4
+    assert train['datasets']['train']['gt_size'] == 64 * scale
+    assert train['train']['optim_g'] == dict(type='Adam', lr=2e-4, weight_decay=0, betas=[0.9, 0.99])
+    assert train['train']['scheduler'] == dict(type='MultiStepLR', milestones=[250000, 400000, 450000, 475000],
+                                               gamma=0.5)
+    assert train['train']['total_iter'] == 600000
+    assert 'ema_decay' not in train['train'] and train['path']['pretrain_network_g'] is None
+    assert [d['name'] for d in test['datasets'].values()] == ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
+
+
+def pooled_psnr(psnrs: list[float]) -> float:
+    """PSNR of all held-out pixels together (the mean of the per-photo MSEs)."""
+    return float(-10 * np.log10(np.mean([10 ** (-p / 10) for p in psnrs])))
+
+
+def test_tiny_grformer_trains_from_our_option_file_and_beats_bicubic(tmp_path):
+    scale, iters = 4, 500
+    hr_dir, lr_dir = make_paired_folder(str(tmp_path / 'train'), scale, TRAIN_PHOTOS, max_side=192)
+    val_hr, val_lr = make_paired_folder(str(tmp_path / 'heldout'), scale, HELDOUT_PHOTOS, max_side=128)
+    network = dict(type='GRFormer', upscale=scale, drop_path_rate=0.0, **TINY)
+    derive_options(f'options/train/GRFormer/train_GRFormer_light_SRx{scale}_scratch.yml', {
+        'name': 'tiny_grformer', 'num_gpu': 0, 'network_g': network,
+        'datasets': {
+            'train': dict(dataroot_gt=hr_dir, dataroot_lq=lr_dir, gt_size=16 * scale, batch_size_per_gpu=8,
+                          num_worker_per_gpu=0, dataset_enlarge_ratio=100),
+            'val_1': dict(name='heldout', dataroot_gt=val_hr, dataroot_lq=val_lr),
+            'val_2': None, 'val_3': None, 'val_4': None},
+        'train': {'optim_g': {'lr': 2e-3}, 'scheduler': {'milestones': [250, 375, 450]}, 'total_iter': iters},
+        'val': {'val_freq': iters},
+        'logger': {'print_freq': 100, 'save_checkpoint_freq': iters, 'use_tb_logger': False},
+    }, str(tmp_path / 'train.yml'))
+    start = time.time()
+    # one thread: OpenMP threads spinning on a shared, busy CPU made iterations ~20x slower
+    run_script('train.py', ['-opt', str(tmp_path / 'train.yml')], cwd=str(tmp_path), env={'OMP_NUM_THREADS': '1'})
+    print(f'training {iters} iterations took {time.time() - start:.1f} s')
+
+    weights = extract_state_dict(load_checkpoint(str(tmp_path / 'experiments/tiny_grformer/models/net_g_latest.pth')))
+    net = GRFormer(**{k: v for k, v in network.items() if k != 'type'})
+    net.load_state_dict(weights, strict=True)
+    ours, bicubic = [], []
+    for name in HELDOUT_PHOTOS:
+        hr = photo(name, 128)
+        lr = bicubic_downsample(hr, scale)
+        ours.append(psnr_y(upscale_with(net, lr), hr, crop_border=scale))
+        bicubic.append(psnr_y(bicubic_upscale(lr, scale), hr, crop_border=scale))
+    print(f'held-out PSNR-Y x{scale}, all pixels pooled: GRFormer-tiny {pooled_psnr(ours):.2f} dB, '
+          f'bicubic {pooled_psnr(bicubic):.2f} dB; per photo {HELDOUT_PHOTOS}: {[round(p, 2) for p in ours]} '
+          f'vs {[round(p, 2) for p in bicubic]}')
+    # the nearly flat retina crop (bicubic ~49 dB) needs ~800 iterations to match; the textured photos win earlier
+    assert pooled_psnr(ours) > pooled_psnr(bicubic)
+    assert sum(o > b for o, b in zip(ours, bicubic)) >= 2
+
+
+def test_caches_filled_under_inference_mode_do_not_break_gradients():
+    net = tiny_grformer().eval()
+    x = torch.rand(1, 3, 16, 24)  # not img_size: the shift masks come from the per-size cache
+    with torch.inference_mode():
+        expected = net(x)
+    net.requires_grad_(False)
+    x.requires_grad_(True)
+    out = net(x)  # frozen weights, no gradient to the MLP: the cached ES-RPB bias is reused
+    out.sum().backward()
+    assert torch.equal(out.detach(), expected) and x.grad.abs().sum() > 0
+    net.requires_grad_(True).train()
+    net(x.detach()).sum().backward()
+    assert net.layers[0].blocks[1].attn.ESRPB_MLP[0].weight.grad is not None
