@@ -42,6 +42,22 @@ def test_golden_checkpoint_gives_the_golden_output_through_infer_loading(tmp_pat
     assert (output - golden['output']).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize('case', ['hat_tiny_x2', 'rgt_tiny_x2'])
+def test_infer_pads_like_the_family_model(tmp_path, case):
+    """HAT needs multiples of its window (HATModel pads), RGT at least 16x16 (RGTModel pads): 9x13 works."""
+    from sr_arch.models.inference import padded_forward
+
+    golden = load_golden(case)
+    model = infer.load_model(save_layout(golden['state_dict'], 'params', str(tmp_path / f'{case}.pth')))
+    x = torch.rand(1, 3, 9, 13)
+    with torch.no_grad():
+        output = model.forward(x)
+        multiple, min_size = model.hooks.pad_multiple, model.hooks.default_min_input_size()
+        expected = padded_forward(model.net, x, 2, multiple, min_size)
+    assert (multiple, min_size) == ((8, 1) if case.startswith('hat') else (1, 16))
+    assert output.shape == (1, 3, 18, 26) and torch.equal(output, expected)
+
+
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     """A tiny GRFormer x2 (golden weights; any input size)."""
