@@ -65,7 +65,8 @@ def count_macs(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor)
     return counter.get_total_flops() / 2
 
 
-def median_latency(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int, warmup: int) -> float:
+def median_latency(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int,
+                   warmup: int) -> float:
     """Median seconds of ``repeats`` runs of ``forward(x)`` after ``warmup`` runs."""
     cuda = x.device.type == 'cuda'
     times = []
@@ -185,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, family, kwargs in _configurations(args):
             net = ARCH_REGISTRY.get(family)(**kwargs).eval().to(device=device, dtype=dtype)
             hooks = inference_hooks(family, kwargs)
-            rows.append(profile_network(name, net, lambda x, n=net, h=hooks: h.forward_any_size(n, x), kwargs['upscale'],
-                                        args.size, device, dtype, args.batch, args.repeats, args.warmup,
-                                        kwargs.get('in_chans', 3)))
+            forward = lambda x, n=net, h=hooks: h.forward_any_size(n, x)  # noqa: E731
+            rows.append(profile_network(name, net, forward, kwargs['upscale'], args.size, device, dtype, args.batch,
+                                        args.repeats, args.warmup, kwargs.get('in_chans', 3)))
             del net
     print(format_table(rows, args.format))
     return 1 if any(r.error for r in rows) else 0

@@ -152,7 +152,8 @@ def test_self_ensemble_is_the_mean_of_the_eight_back_transformed_outputs():
     assert model.net_g.training  # back to train mode
     net = model.net_g.eval()
     with torch.no_grad():
-        outputs = [dihedral_inverse(padded_forward(net, dihedral_transform(lq, *t), 2, 8), *t) for t in ENSEMBLE_TRANSFORMS]
+        outputs = [dihedral_inverse(padded_forward(net, dihedral_transform(lq, *t), 2, 8), *t)
+                   for t in ENSEMBLE_TRANSFORMS]
     expected = torch.stack(outputs).mean(0)
     assert model.output.shape == (1, 3, 24, 40)
     assert (model.output - expected).abs().max() < 1e-5

@@ -5,11 +5,11 @@ import os
 
 import cv2
 import numpy as np
-import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from helpers import HELDOUT_PHOTOS, TRAIN_PHOTOS, derive_options, load_golden, make_paired_folder, run_script, upscale_with
+from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, derive_options, load_golden, make_paired_folder, run_script,
+                     upscale_with)
 from sr_arch.utils.checkpoint import atomic_save
 
 
@@ -20,7 +20,7 @@ def test_benchmark_tables_hold_basicsr_metrics_of_each_image(tmp_path):
             'Set14': make_paired_folder(str(tmp_path / 'Set14'), 2, TRAIN_PHOTOS[:2], max_side=36)}
     derive_options('options/test/GRFormer/test_GRFormer_light_SRx2.yml', {
         'name': 'tiny_benchmark', 'num_gpu': 0,
-        'network_g': {k: v for k, v in golden['kwargs'].items()},
+        'network_g': dict(golden['kwargs']),
         'path': {'pretrain_network_g': str(tmp_path / 'net.pth')},
         'datasets': {'test_1': {'dataroot_gt': sets['Set5'][0], 'dataroot_lq': sets['Set5'][1]},
                      'test_2': {'name': 'Set14', 'dataroot_gt': sets['Set14'][0], 'dataroot_lq': sets['Set14'][1]},

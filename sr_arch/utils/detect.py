@@ -170,7 +170,8 @@ def _detect_hat(shapes: Shapes, state_dict: Mapping[str, Any]) -> dict[str, Any]
 def _detect_rgt(shapes: Shapes, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     _shape(shapes, 'before_RG.1.weight')
     embed_dim, in_chans = _shape(shapes, 'conv_first.weight')[:2]
-    depth = _counts(shapes, r'layers\.(\d+)\.blocks\.0\.norm1\.weight', r'layers\.{group}\.blocks\.(\d+)\.norm1\.weight')
+    depth = _counts(shapes, r'layers\.(\d+)\.blocks\.0\.norm1\.weight',
+                    r'layers\.{group}\.blocks\.(\d+)\.norm1\.weight')
     branch = 'layers.{}.blocks.0.attn.attns.0.'
     num_heads = [2 * _shape(shapes, branch.format(i) + 'pos.pos3.2.weight')[0] for i in range(len(depth))]
     rpe_name = branch.format(0) + 'rpe_biases'
