@@ -418,7 +418,7 @@ def test_missing_dataset_folder_is_named(tmp_path, paired):
     with pytest.raises(OptionError) as info:
         run_pipeline(tmp_path, opt)
     message = str(info.value)
-    assert 'options.yml: datasets.train (type PairedImageDataset' in message and str(tmp_path / 'nowhere') in message
+    assert f"options.yml: datasets.train.dataroot_lq: folder '{tmp_path / 'nowhere'}' does not exist" in message
 
 
 def test_weights_that_became_nonfinite_are_never_saved(tmp_path):

@@ -157,6 +157,10 @@ def parse_options(root_path: str, is_train: bool = True, argv: list[str] | None 
 
     require(opt, 'name', source)
     require(opt, 'network_g.type', source)
+    from sr_arch.utils.option_validation import validate_options
+
+    for warning in validate_options(opt, source, is_train=is_train):  # unknown keys, types, paths: fail now
+        print(f'warning: {warning}', flush=True)
     opt.setdefault('path', {})
     opt['num_gpu'] = resolve_num_gpu(opt.get('num_gpu', 'auto'), source)
 
