@@ -33,6 +33,7 @@ from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_root_logger
 from basicsr.utils import mkdir_and_rename
 from basicsr.utils.options import copy_opt_file, dict2str
 
+from sr_arch.data.robust_io import BadImageError, RobustDataset, find_robust_dataset
 from sr_arch.models.training import NonFiniteError, TrainingFeatures, restore_rng_state
 from sr_arch.utils import dist as dist_utils
 from sr_arch.utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
@@ -154,6 +155,7 @@ def build_train_loader(opt: dict[str, Any], logger: logging.Logger
             raise OptionError(f'{source}: missing required option datasets.train.{key}')
     ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
     train_set = build_dataset_checked(dataset_opt, 'train', source)
+    train_set = RobustDataset(train_set, bool(dataset_opt.get('skip_bad_images', False)), 'datasets.train')
     if len(train_set) == 0:
         raise TrainingError(f'{source}: datasets.train ({dataset_opt.get("dataroot_gt")}) holds no images')
     sampler = ResumableSampler(len(train_set), opt['world_size'], opt['rank'], ratio, opt['manual_seed'])
@@ -394,6 +396,9 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
                 log_vars.update(log)
                 log_vars['images_per_s'] = images_per_s
                 msg_logger(log_vars)
+                skips = find_robust_dataset(train_loader.dataset).new_skips_message()
+                if skips:
+                    logger.warning(skips)
                 if tb_logger is not None:
                     tb_logger.add_scalar('lr', lrs[0], current_iter)
 
@@ -417,7 +422,8 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
     return model
 
 
-_EXPECTED_ERRORS = (OptionError, dist_utils.LauncherError, CheckpointError, NonFiniteError, TrainingError)
+_EXPECTED_ERRORS = (OptionError, dist_utils.LauncherError, CheckpointError, NonFiniteError, TrainingError,
+                    BadImageError)
 
 
 def main(argv: list[str] | None = None) -> int:
