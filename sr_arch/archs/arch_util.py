@@ -49,6 +49,31 @@ def get_attention_backend() -> str:
     return _attention_backend
 
 
+_size_caches_enabled = True
+
+
+def size_caches_enabled() -> bool:
+    """Whether networks may reuse shift masks / position-bias tables computed in an earlier forward."""
+    return _size_caches_enabled
+
+
+@contextlib.contextmanager
+def plain_formulation() -> Iterator[None]:
+    """Run the networks as the official code does: plain softmax attention and no size/bias caches.
+
+    The baseline of ``benchmarks/speed.py`` and of the equivalence tests: inside this context every
+    forward rebuilds its shift masks and gathered position-bias tables and attention is computed as
+    ``softmax(q @ k^T * scale + bias) @ v``.
+    """
+    global _size_caches_enabled
+    previous, _size_caches_enabled = _size_caches_enabled, False
+    try:
+        with attention_backend('plain'):
+            yield
+    finally:
+        _size_caches_enabled = previous
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, bias: Tensor | None = None) -> Tensor:
     """Softmax attention ``softmax(q @ k^T * scale + bias) @ v``.
 

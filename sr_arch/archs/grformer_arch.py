@@ -40,8 +40,8 @@ from torch.utils.checkpoint import checkpoint
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from sr_arch.archs.arch_util import (DropPath, MeanShift, UpsampleOneStep, WindowSize, attention, pad_to_multiple,
-                                     relative_position_index, shifted_window_mask, trunc_normal_, window_partition,
-                                     window_reverse)
+                                     relative_position_index, shifted_window_mask, size_caches_enabled, trunc_normal_,
+                                     window_partition, window_reverse)
 
 #: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.
 GRFORMER_VARIANTS: dict[str, dict[str, Any]] = {
@@ -125,7 +125,7 @@ class GRSA(nn.Module):
         once and reused until a parameter changes storage or version (optimizer step, load_state_dict, .to()).
         """
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.ESRPB_MLP.parameters())
-        if self.training or needs_grad:
+        if self.training or needs_grad or not size_caches_enabled():
             self._position_bias_cache = None
             return self._compute_position_bias()
         key = self._position_bias_key()
@@ -238,6 +238,8 @@ class GRSAB(nn.Module):
             return None
         if (h, w) == self.img_size and self.attn_mask is not None:
             return self.attn_mask
+        if not size_caches_enabled():
+            return self._compute_mask(h, w, device)
         key = (h, w, device)
         mask = self._mask_cache.get(key)
         if mask is None:
