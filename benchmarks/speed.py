@@ -1,0 +1,317 @@
+"""Latency and peak memory of the SR networks: ours against the plain formulation of the same network.
+
+    .venv/bin/python benchmarks/speed.py [--variants HAT-S,HAT,RGT-S,GRFormer-light,ESRT]
+        [--sizes 64] [--memory-sizes 256] [--modes eval,train] [--devices cpu,cuda] [--dtypes fp32,bf16]
+        [--scale 4] [--repeats 5] [--warmup 1] [--tiny] [--out experiments/benchmarks]
+
+"ours" is the network as it ships (``F.scaled_dot_product_attention`` with the position bias and shift
+mask as one additive mask, shift masks and eval-time bias tables cached per input size); "plain" is the
+same network with the same weights inside ``arch_util.plain_formulation()``: plain
+``softmax(q @ k^T * scale + bias) @ v`` and every mask / bias table rebuilt in every forward, as the
+official code does.
+
+* Latency: median over ``--repeats`` timed runs after ``--warmup`` untimed ones. Ours and plain are
+  interleaved (alternating which goes first) so that load changes on a shared machine hit both alike.
+  ``eval`` = ``net.eval()`` under ``torch.no_grad()``; ``train`` = ``net.train()``, forward, ``out.mean()``
+  backward.
+* Peak memory, CPU: each (variant, size, mode, formulation) runs once in a fresh subprocess; the number is
+  ``ru_maxrss`` after the first forward (/backward) minus the resident set size just before it, i.e.
+  the high-water mark the pass adds on top of the weights and input (mask/bias caches built in that pass
+  included).
+* Peak memory, CUDA: ``torch.cuda.max_memory_allocated`` during the pass minus the allocation before it.
+
+Writes ``speed.json`` (one record per configuration, plus the machine) and ``speed.md`` (a table)
+under ``--out``. ``--tiny`` shrinks every variant (one or two small groups) for smoke tests.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+import sr_arch  # noqa: F401  (registers the archs; before any basicsr import)
+from sr_arch.archs.arch_util import plain_formulation
+from sr_arch.archs.esrt_arch import ESRT
+from sr_arch.archs.grformer_arch import GRFORMER_VARIANTS, GRFormer
+from sr_arch.archs.hat_arch import HAT_VARIANTS, HAT
+from sr_arch.archs.labnet_arch import LABNET_VARIANTS, LabNet
+from sr_arch.archs.rgt_arch import RGT_VARIANTS, RGT
+
+FORMULATIONS = ('ours', 'plain')
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+DEFAULT_VARIANTS = ('HAT-S', 'HAT', 'HAT-L', 'RGT-S', 'RGT', 'GRFormer-light', 'ESRT', 'LabNet')
+
+#: --tiny: per-family overrides that keep the layer types but make a forward take milliseconds
+_TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    'HAT': dict(embed_dim=24, depths=[2], num_heads=[2], window_size=8, compress_ratio=3, squeeze_factor=6),
+    'RGT': dict(embed_dim=24, depth=[2], num_heads=[2], split_size=[4, 8]),
+    'GRFormer': dict(embed_dim=24, depths=(2,), num_heads=(2,), window_size=(4, 8)),
+    'ESRT': {},
+    'LabNet': dict(nf=16, num_blocks=(1, 1, 1, 1, 1, 1)),
+}
+
+
+def _variant_builders() -> dict[str, tuple[str, Callable[..., nn.Module], dict[str, Any]]]:
+    """Benchmark name -> (family, constructor, published kwargs without ``upscale``)."""
+    builders: dict[str, tuple[str, Callable[..., nn.Module], dict[str, Any]]] = {}
+    builders.update({name: ('HAT', HAT, kwargs) for name, kwargs in HAT_VARIANTS.items()})
+    builders.update({name: ('RGT', RGT, kwargs) for name, kwargs in RGT_VARIANTS.items()})
+    builders.update({name: ('GRFormer', GRFormer, kwargs) for name, kwargs in GRFORMER_VARIANTS.items()})
+    builders.update({name: ('LabNet', LabNet, kwargs) for name, kwargs in LABNET_VARIANTS.items()})
+    builders['ESRT'] = ('ESRT', ESRT, {})
+    return builders
+
+
+def build_network(variant: str, scale: int, tiny: bool = False) -> nn.Module:
+    """A published variant at ``scale`` with seeded random weights (``tiny``: a shrunken one)."""
+    builders = _variant_builders()
+    if variant not in builders:
+        raise KeyError(f'speed.py: unknown variant {variant!r}; known: {sorted(builders)}')
+    family, constructor, kwargs = builders[variant]
+    kwargs = {**kwargs, 'upscale': scale, **(_TINY_OVERRIDES[family] if tiny else {})}
+    torch.manual_seed(0)
+    return constructor(**kwargs)
+
+
+def formulation_context(formulation: str) -> contextlib.AbstractContextManager:
+    if formulation not in FORMULATIONS:
+        raise ValueError(f'speed.py: formulation must be one of {FORMULATIONS}, got {formulation!r}')
+    return plain_formulation() if formulation == 'plain' else contextlib.nullcontext()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def run_pass(net: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """One eval forward (no_grad) or one train forward+backward; returns the (detached) output."""
+    if mode == 'eval':
+        net.eval()
+        with torch.no_grad():
+            return net(x)
+    if mode == 'train':
+        net.train()
+        for p in net.parameters():
+            p.grad = None
+        out = net(x)
+        out.float().mean().backward()
+        return out.detach()
+    raise ValueError(f'speed.py: mode must be eval or train, got {mode!r}')
+
+
+def time_interleaved(net: nn.Module, x: torch.Tensor, mode: str, repeats: int, warmup: int
+                     ) -> tuple[dict[str, list[float]], float]:
+    """Seconds per pass for ours and plain, interleaved; also their outputs' max abs difference."""
+    times: dict[str, list[float]] = {f: [] for f in FORMULATIONS}
+    outputs: dict[str, torch.Tensor] = {}
+    for formulation in FORMULATIONS:
+        for _ in range(warmup):
+            with formulation_context(formulation):
+                run_pass(net, x, mode)
+    for r in range(repeats):
+        order = FORMULATIONS if r % 2 == 0 else FORMULATIONS[::-1]
+        for formulation in order:
+            with formulation_context(formulation):
+                torch.manual_seed(r)  # same dropout / drop-path draws for both
+                _synchronize(x.device)
+                start = time.perf_counter()
+                outputs[formulation] = run_pass(net, x, mode)
+                _synchronize(x.device)
+                times[formulation].append(time.perf_counter() - start)
+    diff = (outputs['ours'].float() - outputs['plain'].float()).abs().max().item()
+    return times, diff
+
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def peak_memory_in_process(net: nn.Module, x: torch.Tensor, mode: str, formulation: str) -> int:
+    """Bytes the pass adds at its peak: CUDA allocator on GPU, ru_maxrss (call in a fresh process) on CPU."""
+    with formulation_context(formulation):
+        if x.device.type == 'cuda':
+            torch.cuda.synchronize(x.device)
+            torch.cuda.reset_peak_memory_stats(x.device)
+            before = torch.cuda.memory_allocated(x.device)
+            run_pass(net, x, mode)
+            torch.cuda.synchronize(x.device)
+            return torch.cuda.max_memory_allocated(x.device) - before
+        before = _rss_bytes()
+        run_pass(net, x, mode)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+
+
+def _prepare(config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+    device = torch.device(config['device'])
+    dtype = DTYPES[config['dtype']]
+    net = build_network(config['variant'], config['scale'], config['tiny']).to(device=device, dtype=dtype)
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, config['size'], config['size'], device=device).to(dtype)
+    return net, x
+
+
+def cpu_peak_memory_subprocess(config: dict[str, Any], formulation: str) -> int | None:
+    """Run ``peak_memory_in_process`` for one configuration in a fresh interpreter; None if it failed."""
+    cmd = [sys.executable, __file__, '--memory-child', json.dumps({**config, 'formulation': formulation})]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f'  memory child failed ({formulation}): {proc.stderr.strip().splitlines()[-1:]}', file=sys.stderr)
+        return None
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(config_json: str) -> None:
+    config = json.loads(config_json)
+    net, x = _prepare(config)
+    print(peak_memory_in_process(net, x, config['mode'], config['formulation']))
+
+
+def benchmark(config: dict[str, Any], repeats: int, warmup: int, latency: bool, memory: bool) -> dict[str, Any]:
+    """One record: config + ours/plain median latency (s), all timings, output diff, peak memory (bytes)."""
+    record: dict[str, Any] = dict(config)
+    if latency:
+        net, x = _prepare(config)
+        times, diff = time_interleaved(net, x, config['mode'], repeats, warmup)
+        for formulation in FORMULATIONS:
+            record[f'{formulation}_s'] = statistics.median(times[formulation])
+            record[f'{formulation}_all_s'] = times[formulation]
+        record['speedup'] = record['plain_s'] / record['ours_s']
+        record['max_abs_diff'] = diff
+        del net, x
+    if memory:
+        for formulation in FORMULATIONS:
+            if config['device'] == 'cpu':
+                record[f'{formulation}_peak_bytes'] = cpu_peak_memory_subprocess(config, formulation)
+            else:
+                net, x = _prepare(config)
+                record[f'{formulation}_peak_bytes'] = peak_memory_in_process(net, x, config['mode'], formulation)
+                del net, x
+                torch.cuda.empty_cache()
+    return record
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = dict(torch=torch.__version__, python=platform.python_version(),
+                                cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+                                torch_threads=torch.get_num_threads(), load_avg_start=os.getloadavg())
+    if torch.cuda.is_available():
+        info['cuda_device'] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _fmt_ms(seconds: float | None) -> str:
+    return '' if seconds is None else f'{seconds * 1e3:.1f}'
+
+
+def _fmt_mib(num_bytes: int | None) -> str:
+    return '' if num_bytes is None else f'{num_bytes / 2 ** 20:.0f}'
+
+
+def markdown_table(records: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    lines = [f"Machine: {machine['cpu']}, {machine['cpu_count']} CPUs, torch {machine['torch']}"
+             f"{', ' + machine['cuda_device'] if 'cuda_device' in machine else ''}; "
+             f"load average at start {machine['load_avg_start'][0]:.1f}, at end {machine['load_avg_end'][0]:.1f}.",
+             '',
+             '| variant | x | LR | mode | device | dtype | ours ms | plain ms | speedup | ours peak MiB '
+             '| plain peak MiB | max abs diff |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in records:
+        speedup = f"{r['speedup']:.2f}x" if 'speedup' in r else ''
+        diff = f"{r['max_abs_diff']:.1e}" if 'max_abs_diff' in r else ''
+        lines.append(f"| {r['variant']}{' (tiny)' if r['tiny'] else ''} | {r['scale']} | {r['size']} | {r['mode']} "
+                     f"| {r['device']} | {r['dtype']} | {_fmt_ms(r.get('ours_s'))} | {_fmt_ms(r.get('plain_s'))} "
+                     f"| {speedup} | {_fmt_mib(r.get('ours_peak_bytes'))} | {_fmt_mib(r.get('plain_peak_bytes'))} "
+                     f"| {diff} |")
+    return '\n'.join(lines) + '\n'
+
+
+def _csv(value: str) -> list[str]:
+    return [v for v in value.split(',') if v]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--variants', type=_csv, default=list(DEFAULT_VARIANTS))
+    parser.add_argument('--sizes', type=lambda s: [int(v) for v in _csv(s)], default=[64],
+                        help='LR sizes (square) timed')
+    parser.add_argument('--memory-sizes', type=lambda s: [int(v) for v in _csv(s)], default=[256],
+                        help='LR sizes whose peak memory is measured (the --sizes are measured too)')
+    parser.add_argument('--modes', type=_csv, default=['eval', 'train'])
+    parser.add_argument('--devices', type=_csv, default=['cpu', 'cuda'],
+                        help='cuda is skipped when not available')
+    parser.add_argument('--dtypes', type=_csv, default=['fp32', 'bf16'], help='bf16 runs on CUDA only')
+    parser.add_argument('--scale', type=int, default=4)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
+    parser.add_argument('--tiny', action='store_true', help='shrunken variants (smoke test)')
+    parser.add_argument('--out', type=Path, default=Path('experiments/benchmarks'))
+    parser.add_argument('--memory-child', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    known = _variant_builders()
+    for name in args.variants:
+        if name not in known:
+            parser.error(f'--variants: unknown variant {name!r}; known: {sorted(known)}')
+    for mode in args.modes:
+        if mode not in ('eval', 'train'):
+            parser.error(f'--modes: {mode!r} is not eval or train')
+    for dtype in args.dtypes:
+        if dtype not in DTYPES:
+            parser.error(f'--dtypes: {dtype!r} is not one of {sorted(DTYPES)}')
+    for device in args.devices:
+        if device not in ('cpu', 'cuda'):
+            parser.error(f'--devices: {device!r} is not cpu or cuda')
+    return args
+
+
+def configurations(args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], bool, bool]]:
+    devices = [d for d in args.devices if d == 'cpu' or torch.cuda.is_available()]
+    sizes = sorted(set(args.sizes) | (set() if args.no_memory else set(args.memory_sizes)))
+    for device in devices:
+        for dtype in args.dtypes:
+            if device == 'cpu' and dtype != 'fp32':
+                continue
+            for variant in args.variants:
+                for size in sizes:
+                    for mode in args.modes:
+                        config = dict(variant=variant, scale=args.scale, size=size, mode=mode, device=device,
+                                      dtype=dtype, tiny=args.tiny)
+                        yield config, size in args.sizes, not args.no_memory
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    if args.memory_child:
+        _memory_child(args.memory_child)
+        return []
+    machine = machine_info()
+    records = []
+    for config, latency, memory in configurations(args):
+        print(f"{config['variant']} x{config['scale']} {config['size']}px {config['mode']} {config['device']} "
+              f"{config['dtype']}", flush=True)
+        records.append(benchmark(config, args.repeats, args.warmup, latency, memory))
+    machine['load_avg_end'] = os.getloadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / 'speed.json').write_text(json.dumps(dict(machine=machine, records=records), indent=1))
+    table = markdown_table(records, machine)
+    (args.out / 'speed.md').write_text(table)
+    print(table)
+    return records
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,93 @@
+"""benchmarks/speed.py and the plain-formulation switch (no timing assertions: the machine is shared)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sr_arch.archs import arch_util
+from sr_arch.archs.arch_util import get_attention_backend, plain_formulation, size_caches_enabled
+
+SPEED_SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'speed.py'
+#: tiny variant -> input (H, W): not the img_size of any persistent mask, not a multiple of the windows
+#: except for HAT, which only accepts multiples of its window (its model pads)
+FAMILY_INPUTS = {'HAT-S': (24, 40), 'RGT-S': (20, 28), 'GRFormer-light': (20, 28), 'ESRT': (20, 28),
+                 'LabNet': (20, 28)}
+
+
+def _load_speed_module():
+    spec = importlib.util.spec_from_file_location('speed_benchmark', SPEED_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+speed = _load_speed_module()
+
+
+def test_plain_formulation_switches_backend_and_caches_and_restores_them():
+    assert get_attention_backend() == 'sdpa' and size_caches_enabled()
+    with pytest.raises(RuntimeError, match='inside'):
+        with plain_formulation():
+            assert get_attention_backend() == 'plain' and not size_caches_enabled()
+            raise RuntimeError('inside')
+    assert get_attention_backend() == 'sdpa' and size_caches_enabled()
+    assert arch_util._size_caches_enabled is True
+
+
+@pytest.mark.parametrize('variant', sorted(FAMILY_INPUTS))
+def test_plain_formulation_gives_the_same_output(variant):
+    net = speed.build_network(variant, scale=2, tiny=True).eval()
+    h, w = FAMILY_INPUTS[variant]
+    x = torch.rand(1, 3, h, w)
+    with torch.no_grad():
+        ours_first = net(x)
+        ours_cached = net(x)
+        with plain_formulation():
+            plain = net(x)
+    assert ours_first.shape == (1, 3, 2 * h, 2 * w)
+    assert torch.equal(ours_first, ours_cached)
+    assert (ours_first - plain).abs().max().item() < 1e-5
+
+
+def test_plain_formulation_rebuilds_grformer_masks_and_bias():
+    net = speed.build_network('GRFormer-light', scale=2, tiny=True).eval()
+    block = next(m for m in net.modules() if type(m).__name__ == 'GRSAB' and m.shifted)
+    with torch.no_grad(), plain_formulation():
+        net(torch.rand(1, 3, 16, 32))
+    assert block._mask_cache == {} and block.attn._position_bias_cache is None
+    with torch.no_grad():
+        net(torch.rand(1, 3, 16, 32))
+    assert len(block._mask_cache) == 1 and block.attn._position_bias_cache is not None
+
+
+def test_benchmark_writes_json_and_markdown(tmp_path):
+    out = tmp_path / 'bench'
+    records = speed.main(['--variants', 'GRFormer-light', '--tiny', '--sizes', '16', '--memory-sizes', '16',
+                          '--modes', 'eval,train', '--devices', 'cpu', '--repeats', '2', '--warmup', '1',
+                          '--out', str(out)])
+    data = json.loads((out / 'speed.json').read_text())
+    assert data['records'] == json.loads(json.dumps(records))
+    assert [(r['variant'], r['size'], r['mode'], r['device'], r['dtype']) for r in records] == [
+        ('GRFormer-light', 16, 'eval', 'cpu', 'fp32'), ('GRFormer-light', 16, 'train', 'cpu', 'fp32')]
+    for r in records:
+        assert len(r['ours_all_s']) == len(r['plain_all_s']) == 2
+        assert r['ours_s'] > 0 and r['plain_s'] > 0
+        assert r['ours_peak_bytes'] > 0 and r['plain_peak_bytes'] > 0
+        assert r['max_abs_diff'] < 1e-5
+    assert data['machine']['torch'] == torch.__version__
+    table = (out / 'speed.md').read_text()
+    assert '| GRFormer-light (tiny) | 4 | 16 | eval | cpu | fp32 |' in table
+    assert '| GRFormer-light (tiny) | 4 | 16 | train | cpu | fp32 |' in table
+
+
+def test_benchmark_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        speed.parse_args(['--variants', 'HAT-XL'])
+    with pytest.raises(KeyError, match="unknown variant 'SwinIR'"):
+        speed.build_network('SwinIR', 4)
+    with pytest.raises(ValueError, match="formulation must be one of"):
+        speed.formulation_context('fast')
