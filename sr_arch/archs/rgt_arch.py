@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from sr_arch.archs.arch_util import (DropPath, MeanShift, Upsample, attention, relative_position_index,
-                                     shifted_window_mask, trunc_normal_, window_partition, window_reverse)
+                                     shifted_window_mask, size_caches_enabled, trunc_normal_, window_partition,
+                                     window_reverse)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
 RGT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -69,8 +70,8 @@ def recursion_steps(height: int, width: int, training: bool) -> int:
     divisor = 4 if training else EVAL_MIN_INPUT_SIZE
     mode = 'training' if training else 'eval'
     if height // divisor < 1 or width // divisor < 1:
-        raise ValueError(f'RGT needs inputs of at least {divisor}x{divisor} pixels in {mode} mode, got {height}x{width} '
-                         f'(H x W); pad the input (RGTModel pads automatically, see '
+        raise ValueError(f'RGT needs inputs of at least {divisor}x{divisor} pixels in {mode} mode, '
+                         f'got {height}x{width} (H x W); pad the input (RGTModel pads automatically, see '
                          f'sr_arch.archs.rgt_arch.min_padded_size)')
     steps = max(int(math.log(height // divisor, 4)), int(math.log(width // divisor, 4)))
     if not training:
@@ -100,9 +101,13 @@ def is_shifted_block(group_index: int, block_index: int) -> bool:
     return block_index % 4 == 0
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)
 def _cached_shift_mask(height: int, width: int, window_size: tuple[int, int], device: torch.device) -> Tensor:
-    """Shift mask for a padded (height, width) map; shared by every L-SA block (same window, same size)."""
+    """Shift mask for a padded (height, width) map; shared by every L-SA block (same window, same size).
+
+    Two entries: the two branch windows of the current size. A mask is as large as one head's attention
+    matrix over the whole image, so masks of earlier sizes (validation images) are not kept.
+    """
     shift = (window_size[0] // 2, window_size[1] // 2)
     with torch.inference_mode(False):  # a normal tensor even if first built under inference_mode
         return shifted_window_mask(height, width, window_size, shift, device=device)
@@ -145,8 +150,9 @@ class DynamicPosBias(nn.Module):
 class RectangleWindowBranch(nn.Module):
     """Attention of one L-SA branch inside (Wh x Ww) rectangles, with DynamicPosBias (official ``WindowAttention``).
 
-    Caches the position bias (heads, N, N) while the module is in eval mode and autograd is off; the
-    cache is keyed on the DPB parameters' storage and version, so weight updates and loads invalidate it.
+    Caches the position bias (heads, N, N) while the module is in eval mode and autograd is off (and
+    ``arch_util.size_caches_enabled()``); the cache is keyed on the DPB parameters' storage, version and
+    dtype, so optimizer steps, ``load_state_dict``, ``.to()`` and ``.half()`` invalidate it.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: tuple[int, int], qk_scale: float | None = None):
@@ -168,7 +174,7 @@ class RectangleWindowBranch(nn.Module):
 
     def position_bias(self) -> Tensor:
         """(heads, N, N) relative position bias, N = Wh * Ww."""
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or not size_caches_enabled():
             self._bias_cache = None
             return self._compute_position_bias()
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.pos.parameters()) + (self.rpe_biases.device,)
@@ -192,12 +198,15 @@ class RectangleWindowBranch(nn.Module):
         windows = window_partition(qkv.reshape(3 * b, h, w, c), self.window_size)  # (3B*nW, wh, ww, C)
         num_windows = windows.shape[0] // (3 * b)
         windows = windows.view(3, b, num_windows, n, self.num_heads, c // self.num_heads).permute(0, 1, 2, 4, 3, 5)
-        q, k, v = windows.unbind(0)  # (B, nW, heads, N, d)
-        bias = self.position_bias()
-        if mask is not None:
-            bias = bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N)
-        out = attention(q, k, v, self.scale, bias)  # (B, nW, heads, N, d)
-        out = out.permute(0, 1, 3, 2, 4).reshape(b * num_windows, wh, ww, c)
+        bias = self.position_bias()  # (heads, N, N)
+        # 4-D layouts (fused SDPA kernels take no 5-D input) in which the bias broadcasts over the batch
+        if mask is None:
+            q, k, v = windows.reshape(3, b * num_windows, self.num_heads, n, -1).unbind(0)
+        else:
+            q, k, v = windows.reshape(3, b, num_windows * self.num_heads, n, -1).unbind(0)
+            bias = (bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)).flatten(0, 1)  # (nW*heads, N, N)
+        out = attention(q, k, v, self.scale, bias)
+        out = out.view(b, num_windows, self.num_heads, n, -1).permute(0, 1, 3, 2, 4).reshape(b * num_windows, wh, ww, c)
         return window_reverse(out, self.window_size, h, w)
 
 
@@ -235,7 +244,8 @@ class RectangleWindowAttention(nn.Module):
         """(num_windows, N, N) shift mask of one branch for a padded (height, width) map."""
         if height == OFFICIAL_MASK_RESOLUTION and width == OFFICIAL_MASK_RESOLUTION:
             return getattr(self, f'attn_mask_{branch}')
-        return _cached_shift_mask(height, width, self.window_sizes[branch], self.get_v.weight.device)
+        build = _cached_shift_mask if size_caches_enabled() else _cached_shift_mask.__wrapped__
+        return build(height, width, self.window_sizes[branch], self.get_v.weight.device)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """(B, H*W, C) tokens -> (B, H*W, C)."""
