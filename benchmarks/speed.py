@@ -74,13 +74,25 @@ def _variant_builders() -> dict[str, tuple[str, Callable[..., nn.Module], dict[s
     return builders
 
 
-def build_network(variant: str, scale: int, tiny: bool = False) -> nn.Module:
-    """A published variant at ``scale`` with seeded random weights (``tiny``: a shrunken one)."""
+#: per family, the constructor arguments that list one entry per residual group
+_GROUP_ARGS = {'HAT': ('depths', 'num_heads'), 'RGT': ('depth', 'num_heads'), 'GRFormer': ('depths', 'num_heads')}
+
+
+def build_network(variant: str, scale: int, tiny: bool = False, groups: int | None = None) -> nn.Module:
+    """A published variant at ``scale`` with seeded random weights.
+
+    ``tiny``: a shrunken one. ``groups``: keep only the first ``groups`` residual groups (same layers, widths,
+    windows and heads), a per-group proxy of the full network where a full run takes too long.
+    """
     builders = _variant_builders()
     if variant not in builders:
         raise KeyError(f'speed.py: unknown variant {variant!r}; known: {sorted(builders)}')
     family, constructor, kwargs = builders[variant]
     kwargs = {**kwargs, 'upscale': scale, **(_TINY_OVERRIDES[family] if tiny else {})}
+    if groups is not None:
+        if family not in _GROUP_ARGS:
+            raise ValueError(f'speed.py: --groups applies to {sorted(_GROUP_ARGS)}, not {variant!r}')
+        kwargs.update({key: list(kwargs[key])[:groups] for key in _GROUP_ARGS[family]})
     torch.manual_seed(0)
     return constructor(**kwargs)
 
@@ -158,7 +170,8 @@ def peak_memory_in_process(net: nn.Module, x: torch.Tensor, mode: str, formulati
 def _prepare(config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
     device = torch.device(config['device'])
     dtype = DTYPES[config['dtype']]
-    net = build_network(config['variant'], config['scale'], config['tiny']).to(device=device, dtype=dtype)
+    net = build_network(config['variant'], config['scale'], config['tiny'], config.get('groups'))
+    net = net.to(device=device, dtype=dtype)
     torch.manual_seed(1)
     x = torch.rand(1, 3, config['size'], config['size'], device=device).to(dtype)
     return net, x
@@ -232,7 +245,8 @@ def markdown_table(records: list[dict[str, Any]], machine: dict[str, Any]) -> st
     for r in records:
         speedup = f"{r['speedup']:.2f}x" if 'speedup' in r else ''
         diff = f"{r['max_abs_diff']:.1e}" if 'max_abs_diff' in r else ''
-        lines.append(f"| {r['variant']}{' (tiny)' if r['tiny'] else ''} | {r['scale']} | {r['size']} | {r['mode']} "
+        groups = f" ({r['groups']} group{'s' if r['groups'] > 1 else ''})" if r.get('groups') else ''
+        lines.append(f"| {r['variant']}{' (tiny)' if r['tiny'] else ''}{groups} | {r['scale']} | {r['size']} | {r['mode']} "
                      f"| {r['device']} | {r['dtype']} | {_fmt_ms(r.get('ours_s'))} | {_fmt_ms(r.get('plain_s'))} "
                      f"| {speedup} | {_fmt_mib(r.get('ours_peak_bytes'))} | {_fmt_mib(r.get('plain_peak_bytes'))} "
                      f"| {diff} |")
@@ -259,6 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
     parser.add_argument('--tiny', action='store_true', help='shrunken variants (smoke test)')
+    parser.add_argument('--groups', type=int, help='keep only the first N residual groups (HAT, RGT, GRFormer)')
+    parser.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch\'s choice)')
     parser.add_argument('--out', type=Path, default=Path('experiments/benchmarks'))
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -289,7 +305,7 @@ def configurations(args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], b
                 for size in sizes:
                     for mode in args.modes:
                         config = dict(variant=variant, scale=args.scale, size=size, mode=mode, device=device,
-                                      dtype=dtype, tiny=args.tiny)
+                                      dtype=dtype, tiny=args.tiny, groups=args.groups)
                         yield config, size in args.sizes, not args.no_memory
 
 
@@ -298,17 +314,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.memory_child:
         _memory_child(args.memory_child)
         return []
+    if args.threads:
+        torch.set_num_threads(args.threads)
     machine = machine_info()
-    records = []
-    for config, latency, memory in configurations(args):
-        print(f"{config['variant']} x{config['scale']} {config['size']}px {config['mode']} {config['device']} "
-              f"{config['dtype']}", flush=True)
-        records.append(benchmark(config, args.repeats, args.warmup, latency, memory))
-    machine['load_avg_end'] = os.getloadavg()
+    records: list[dict[str, Any]] = []
+    table = markdown_table(records, {**machine, 'load_avg_end': machine['load_avg_start']})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'speed.json').write_text(json.dumps(dict(machine=machine, records=records), indent=1))
-    table = markdown_table(records, machine)
-    (args.out / 'speed.md').write_text(table)
+    for config, latency, memory in configurations(args):
+        records.append(benchmark(config, args.repeats, args.warmup, latency, memory))
+        machine['load_avg_end'] = os.getloadavg()
+        # rewritten after every configuration, so a long run that is stopped keeps what it measured
+        (args.out / 'speed.json').write_text(json.dumps(dict(machine=machine, records=records), indent=1))
+        table = markdown_table(records, machine)
+        (args.out / 'speed.md').write_text(table)
+        print(table.splitlines()[-1], flush=True)
     print(table)
     return records
 

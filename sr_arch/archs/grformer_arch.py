@@ -21,7 +21,8 @@ Differences from the official file (behaviour is otherwise identical):
 * ``use_checkpoint`` works (the official ``checkpoint.checkpoint(blk, x)`` drops ``x_size`` and crashes).
 * Attention runs through ``arch_util.attention`` (SDPA by default); the ES-RPB bias and shift mask
   form one additive mask and the per-head logit scale is folded into the normalised queries.
-* Shift masks for sizes other than ``img_size`` are cached per size; in eval mode without gradients the
+* Shift masks for sizes other than ``img_size`` are cached per size, one cache shared by all blocks of a
+  network (a mask at 256x256 is 64 MiB; a copy per block was most of the peak memory); in eval mode without gradients the
   ES-RPB bias is cached too, keyed on the parameters' storage and version, so it is never stale.
 * Inputs smaller than the padding (e.g. 5x7) work: reflect padding repeats, then replicates.
 * Unknown constructor arguments and unsupported ``upsampler`` / ``resi_connection`` values raise
@@ -240,7 +241,7 @@ class GRSAB(nn.Module):
             return self.attn_mask
         if not size_caches_enabled():
             return self._compute_mask(h, w, device)
-        key = (h, w, device)
+        key = (h, w, self.window_size, self.shift_size, device)
         mask = self._mask_cache.get(key)
         if mask is None:
             if len(self._mask_cache) >= _MASK_CACHE_SIZE:
@@ -354,6 +355,10 @@ class GRFormer(nn.Module):
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.upsample = UpsampleOneStep(upscale, embed_dim, in_chans)
         self.apply(self._init_weights)
+        shared_mask_cache: dict[tuple, Tensor] = {}
+        for module in self.modules():
+            if isinstance(module, GRSAB):
+                module._mask_cache = shared_mask_cache
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> GRFormer:
