@@ -216,11 +216,25 @@ def test_rgt_model_pads_very_elongated_inputs():
     assert torch.equal(out, torch.nn.functional.interpolate(lq, scale_factor=2, mode='nearest'))  # crop keeps the image
 
 
-def test_official_use_chop_becomes_the_shared_tile_block():
+def test_official_use_chop_runs_the_shared_tiling_with_the_official_chunk_size():
     model = rgt_model(TINY, scale=2, val={'use_chop': True})
     assert model.opt['val']['tile'] == {'tile_size': 232, 'tile_pad': 32, 'batch_size': 1}
+    model.net_g = _SizeCheckingNetwork()
+    model.lq = torch.rand(1, 3, 300, 250)
+    model.test()
+    assert model.output.shape == (1, 3, 600, 500)
+    assert set(model.net_g.seen) == {(232, 232)} and len(model.net_g.seen) == 4
     model = rgt_model(TINY, scale=2, val={'use_chop': True}, tile={'tile_size': 64, 'tile_pad': 8})
     assert 'tile' not in model.opt['val']  # an explicit tile block wins
+
+
+def test_tiles_smaller_than_the_minimum_are_padded_per_tile():
+    model = rgt_model(TINY, scale=2, tile={'tile_size': 12, 'tile_pad': 4})
+    model.net_g = _SizeCheckingNetwork()
+    model.lq = torch.rand(1, 3, 20, 30)
+    model.test()
+    assert model.output.shape == (1, 3, 40, 60)
+    assert set(model.net_g.seen) == {(16, 16)}
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
