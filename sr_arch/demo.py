@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', default='.', help='root folder for datasets/, experiments/ and tb_logger/ '
                                                    '(default: the current folder)')
     parser.add_argument('--opt', default=DEFAULT_OPTIONS, help='base option file (default: %(default)s)')
-    parser.add_argument('--iters', type=int, default=300, help='training iterations (default 300)')
+    parser.add_argument('--iters', type=int, default=600, help='training iterations (default 600)')
     parser.add_argument('--scale', type=int, default=2, choices=(2, 3, 4), help='upscaling factor (default 2)')
     parser.add_argument('--arch', default=None,
                         help='network: ESRT, GRFormer (GRFormer-light), or any registered architecture with its '

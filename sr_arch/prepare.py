@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except PrepareError as err:
         print(f'sr-arch prepare {step}: error: {err}', file=sys.stderr)
         return 1
+    except OSError as err:  # full disk, permissions, vanished files: finished work is kept
+        print(f'sr-arch prepare {step}: error: {err}; fix the cause and run the same command again to resume',
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f'\nsr-arch prepare {step}: interrupted; finished work is kept in <output>.partial, run the same '
               'command again to complete it', file=sys.stderr)
