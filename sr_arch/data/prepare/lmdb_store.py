@@ -227,7 +227,10 @@ def verify_lmdb(lmdb_path: str, input_dir: str, recursive: bool = False) -> Veri
                     continue
                 if key in meta and meta[key] != image_shape(actual):
                     report.problems.append(f'{path}: {META_INFO} says {meta[key]}, stored image is {image_shape(actual)}')
-                if actual.shape != expected.shape or not np.array_equal(actual, expected):
+                if actual.shape != expected.shape:
+                    report.problems.append(f'{path}: stored image is {image_shape(actual)}, the file is '
+                                           f'{image_shape(expected)}')
+                elif not np.array_equal(actual, expected):
                     report.problems.append(f'{path}: stored pixels differ from the file')
     finally:
         env.close()
