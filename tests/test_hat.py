@@ -3,6 +3,7 @@ HATModel padding, ImageNetPairedDataset, our option files, and tiny trainings fr
 from __future__ import annotations
 
 import glob
+import json
 import os
 import random
 import time
@@ -528,3 +529,24 @@ def test_imagenet_pretraining_beats_bicubic_and_feeds_the_df2k_finetune(tiny_tra
     # 2 Adam steps at lr 1e-5 move each weight by at most ~2e-5: the fine-tune started from the pretrained EMA
     assert max((tuned[k] - start_weights[k]).abs().max().item() for k in tuned) < 1e-4
     assert any(not torch.equal(tuned[k], start_weights[k]) for k in tuned)
+
+
+def test_our_test_option_file_runs_the_benchmark_with_a_trained_checkpoint(tiny_trainings, tmp_path):
+    """test.py with options/test/HAT/test_HAT_SRx2.yml (paths and network size changed): strict params_ema
+    loading, padding of LR sizes that are not multiples of the window, and the same PSNR as computed here."""
+    checkpoint = os.path.join(tiny_trainings, 'experiments/tiny_hat_lmdb/models/net_g_latest.pth')
+    hr_dir, lr_dir = make_paired_folder(str(tmp_path / 'heldout'), 2, HELDOUT_PHOTOS, size=108)  # LR 54x54
+    derive_options('options/test/HAT/test_HAT_SRx2.yml', {
+        'name': 'tiny_hat_benchmark', 'num_gpu': 0, 'network_g': dict(TINY),
+        'datasets': {'test_1': {'name': 'heldout', 'dataroot_gt': hr_dir, 'dataroot_lq': lr_dir},
+                     'test_2': None, 'test_3': None, 'test_4': None, 'test_5': None},
+        'path': {'pretrain_network_g': checkpoint}, 'val': {'save_img': False},
+    }, str(tmp_path / 'test.yml'))
+    run_script('test.py', ['-opt', str(tmp_path / 'test.yml')], cwd=str(tmp_path), env=ONE_THREAD)
+    with open(tmp_path / 'results/tiny_hat_benchmark/summary.json') as f:
+        reported = json.load(f)['heldout']['psnr']
+    net = HAT(**TINY, upscale=2)
+    net.load_state_dict(extract_state_dict(load_checkpoint(checkpoint), 'params_ema'), strict=True)
+    expected = np.mean([psnr_y(upscale_with(net, lr, pad_multiple=8), hr, crop_border=2)
+                        for hr, lr in ((photo(n, 108), bicubic_downsample(photo(n, 108), 2)) for n in HELDOUT_PHOTOS)])
+    assert abs(reported - expected) < 1e-3
