@@ -116,6 +116,11 @@ def test_bad_arguments_are_named(change, error, message):
         HAT(**{**TINY, **change})
 
 
+def test_unknown_variant_is_named():
+    with pytest.raises(KeyError, match=r"unknown HAT variant 'HAT-M'; known: \['HAT', 'HAT-L', 'HAT-S'\]"):
+        HAT.from_variant('HAT-M', 2)
+
+
 def test_input_not_a_multiple_of_the_window_is_refused():
     net = HAT(**TINY).eval()
     with pytest.raises(ValueError, match=r'input size 12x16 is not a multiple of window_size 8'):

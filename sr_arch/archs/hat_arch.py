@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from basicsr.archs.rcan_arch import ChannelAttention
 from basicsr.utils.registry import ARCH_REGISTRY
 from sr_arch.archs.arch_util import (DropPath, MeanShift, Mlp, Upsample, attention, relative_position_index,
-                                     shifted_window_mask, to_2tuple, trunc_normal_, window_partition,
-                                     window_reverse)
+                                     shifted_window_mask, size_caches_enabled, to_2tuple, trunc_normal_,
+                                     window_partition, window_reverse)
 
 def _trunc_normal(tensor: Tensor, std: float = 0.02) -> None:
     """``trunc_normal_``, skipped on the meta device (no values there; it is slow through torch's refs)."""
@@ -80,7 +80,8 @@ class _PositionBiasCache:
     def position_bias(self, index: Tensor) -> Tensor:
         """(Nq, Nk) long index -> (heads, Nq, Nk) bias."""
         table = self.relative_position_bias_table
-        cacheable = not self.training and not (torch.is_grad_enabled() and table.requires_grad)
+        cacheable = (not self.training and not (torch.is_grad_enabled() and table.requires_grad)
+                     and size_caches_enabled())
         if not cacheable:
             self._bias_cache = None
             return self._gather(table, index)
@@ -379,6 +380,11 @@ class HAT(nn.Module):
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
         self.apply(self._init_weights)
 
+    @classmethod
+    def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'HAT':
+        """Build a published variant, e.g. ``HAT.from_variant('HAT-L', 4)`` (see ``HAT_VARIANTS``)."""
+        return cls(**hat_variant_kwargs(name, upscale, **overrides))
+
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -400,6 +406,10 @@ class HAT(nn.Module):
     def shift_mask(self, height: int, width: int, device: torch.device) -> Tensor:
         """(nW, ws*ws, ws*ws) shifted-window mask for an (height, width) feature map, cached per size."""
         key = (height, width, device)
+        if not size_caches_enabled():
+            self._shift_mask_cache = None
+            ws, shift = self.window_size, self.shift_size
+            return shifted_window_mask(height, width, (ws, ws), (shift, shift), SHIFT_MASK_FILL, device=device)
         if self._shift_mask_cache is None or self._shift_mask_cache[0] != key:
             ws, shift = self.window_size, self.shift_size
             mask = shifted_window_mask(height, width, (ws, ws), (shift, shift), SHIFT_MASK_FILL, device=device)
@@ -493,6 +503,5 @@ def hat_variant_kwargs(variant: str, upscale: int, **overrides: Any) -> dict[str
 
 
 def build_hat(variant: str, upscale: int, **overrides: Any) -> HAT:
-    """``HAT(**hat_variant_kwargs(variant, upscale, **overrides))``; build under ``torch.device('meta')``
-    for shapes only."""
-    return HAT(**hat_variant_kwargs(variant, upscale, **overrides))
+    """``HAT.from_variant``; build under ``with torch.device('meta'):`` for names and shapes only."""
+    return HAT.from_variant(variant, upscale, **overrides)
