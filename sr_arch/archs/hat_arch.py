@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from basicsr.archs.rcan_arch import ChannelAttention
 from basicsr.utils.registry import ARCH_REGISTRY
-from sr_arch.archs.arch_util import (DropPath, MeanShift, Mlp, Upsample, attention, relative_position_index,
+from sr_arch.archs.arch_util import (DropPath, MeanShift, Mlp, Upsample, attention, init_transformer_weights,
+                                     relative_position_index,
                                      shifted_window_mask, size_caches_enabled, to_2tuple, trunc_normal_,
                                      window_partition, window_reverse)
 
@@ -378,22 +379,13 @@ class HAT(nn.Module):
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
         self.upsample = Upsample(upscale, num_feat)
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'HAT':
         """Build a published variant, e.g. ``HAT.from_variant('HAT-L', 4)`` (see ``HAT_VARIANTS``)."""
         return cls(**hat_variant_kwargs(name, upscale, **overrides))
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            _trunc_normal(m.weight)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
