@@ -212,3 +212,22 @@ class MeanShift(torch.nn.Module):
 
     def inverse(self, x: Tensor) -> Tensor:
         return x / self.img_range + self.mean.to(x.dtype)
+
+
+def init_transformer_weights(module: torch.nn.Module) -> None:
+    """Swin-style initialisation, for ``net.apply``: trunc-normal(0.02) Linear weights, zero biases, unit LayerNorm."""
+    if isinstance(module, torch.nn.Linear):
+        if not module.weight.is_meta:  # meta tensors hold no values, and trunc_normal_ is slow on them
+            trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            torch.nn.init.constant_(module.bias, 0)
+    elif isinstance(module, torch.nn.LayerNorm):
+        torch.nn.init.constant_(module.bias, 0)
+        torch.nn.init.constant_(module.weight, 1.0)
+
+
+def build_variant(cls: type, variants: dict, name: str, upscale: int, **overrides):
+    """Instantiate the published variant ``variants[name]`` of ``cls`` at ``upscale``; ``overrides`` win."""
+    if name not in variants:
+        raise KeyError(f'unknown {cls.__name__} variant {name!r}; known: {sorted(variants)}')
+    return cls(**{**variants[name], 'upscale': upscale, **overrides})

@@ -40,8 +40,9 @@ from torch.utils.checkpoint import checkpoint
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MeanShift, UpsampleOneStep, WindowSize, attention, pad_to_multiple,
-                                     relative_position_index, shifted_window_mask, size_caches_enabled, trunc_normal_,
+from sr_arch.archs.arch_util import (DropPath, MeanShift, UpsampleOneStep, WindowSize, attention, build_variant,
+                                     init_transformer_weights, pad_to_multiple,
+                                     relative_position_index, shifted_window_mask, size_caches_enabled,
                                      window_partition, window_reverse)
 
 #: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.
@@ -354,7 +355,7 @@ class GRFormer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.upsample = UpsampleOneStep(upscale, embed_dim, in_chans)
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
         shared_mask_cache: dict[tuple, Tensor] = {}
         for module in self.modules():
             if isinstance(module, GRSAB):
@@ -363,19 +364,8 @@ class GRFormer(nn.Module):
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> GRFormer:
         """Build a published variant, e.g. ``GRFormer.from_variant('GRFormer-light', 4)``."""
-        if name not in GRFORMER_VARIANTS:
-            raise KeyError(f'unknown GRFormer variant {name!r}; known: {sorted(GRFORMER_VARIANTS)}')
-        return cls(**{**GRFORMER_VARIANTS[name], 'upscale': upscale, **overrides})
+        return build_variant(cls, GRFORMER_VARIANTS, name, upscale, **overrides)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
 
     @property
     def pad_multiple(self) -> int:

@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MeanShift, Upsample, attention, relative_position_index,
-                                     shifted_window_mask, size_caches_enabled, trunc_normal_, window_partition,
+from sr_arch.archs.arch_util import (DropPath, MeanShift, Upsample, attention, build_variant,
+                                     init_transformer_weights, relative_position_index,
+                                     shifted_window_mask, size_caches_enabled, window_partition,
                                      window_reverse)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
@@ -458,24 +459,13 @@ class RGT(nn.Module):
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
         self.upsample = Upsample(upscale, num_feat)
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'RGT':
         """Build a published variant ('RGT-S' or 'RGT') at ``upscale``; ``overrides`` replace its arguments."""
-        if name not in RGT_VARIANTS:
-            raise KeyError(f'unknown RGT variant {name!r}; known: {sorted(RGT_VARIANTS)}')
-        return cls(**{**RGT_VARIANTS[name], 'upscale': upscale, **overrides})
+        return build_variant(cls, RGT_VARIANTS, name, upscale, **overrides)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) shallow features -> (B, C, H, W) deep features."""
