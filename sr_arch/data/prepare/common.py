@@ -320,7 +320,7 @@ class StagedOutput:
 
 
 def _init_worker() -> None:
-    # Forked workers must not share the parent's OpenMP pool (torch runs basicsr's imresize).
+    # One thread per worker: N workers already use the N cores (torch runs basicsr's imresize).
     import torch
 
     torch.set_num_threads(1)
@@ -337,7 +337,8 @@ def run_tasks(func: Callable[[Any], Any], tasks: Sequence[Any], workers: int = 0
     bar = tqdm(total=len(tasks), desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5)
     try:
         if workers > 1 and len(tasks) > 1:
-            context = multiprocessing.get_context('fork')
+            # spawn, not fork: a child forked after the parent used torch's OpenMP pool can deadlock
+            context = multiprocessing.get_context('spawn')
             with context.Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
                 for result in pool.imap_unordered(func, tasks, chunksize=1):
                     bar.update(1)
