@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from sr_arch.utils.sampling import DatasetWrapper
+
 #: how many following samples are tried before a run with ``skip_bad_images`` gives up
 MAX_REPLACEMENTS = 16
 
@@ -86,23 +88,16 @@ class RecordingFileClient:
         return None
 
 
-class RobustDataset(Dataset):
+class RobustDataset(DatasetWrapper):
     """Wraps ``dataset`` (see the module docstring); ``name`` is the option block, e.g. ``datasets.train``."""
 
     def __init__(self, dataset: Dataset, skip_bad_images: bool = False, name: str = 'datasets.train') -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.skip_bad_images = skip_bad_images
         self.name = name
         self._skipped = multiprocessing.Value('i', 0)  # shared with the dataloader workers
         self._reported = 0
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str) -> Any:  # basicsr code reads dataset.opt and friends
-        if name == 'dataset':
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
     @property
     def skipped(self) -> int:

@@ -71,8 +71,8 @@ class ResumableSampler(Sampler):
         return max(self.num_samples - self.skip, 0)
 
 
-class SeededDataset(Dataset):
-    """Wraps a dataset so that item ``(index, seed)`` is loaded with all generators seeded by ``seed``."""
+class DatasetWrapper(Dataset):
+    """A dataset around ``dataset``: same length, and unknown attributes (``opt``…) read from it."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -84,6 +84,10 @@ class SeededDataset(Dataset):
         if name == 'dataset':
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class SeededDataset(DatasetWrapper):
+    """Wraps a dataset so that item ``(index, seed)`` is loaded with all generators seeded by ``seed``."""
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
         index, seed = item
