@@ -13,3 +13,15 @@ import sr_arch  # noqa: E402,F401  (registers everything once for the whole sess
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks run fastest on one intra-op thread, and don't spin-wait for shared cores.
+
+    Test modules opt in with ``pytestmark = pytest.mark.usefixtures('one_torch_thread')``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

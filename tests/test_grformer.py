@@ -22,13 +22,7 @@ SCALES = (2, 3, 4)
 TINY = dict(img_size=32, embed_dim=24, depths=[4], num_heads=[2], window_size=[4, 8], mlp_ratio=2)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny networks run fastest on one thread, and do not fight other processes for the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def tiny_grformer(upscale: int = 2, **overrides) -> GRFormer:

@@ -39,13 +39,7 @@ REAL_WORLD_FILES = {'train_Real_HAT_SRx4_mse_model.yml', 'train_Real_HAT_GAN_SRx
                     'test_HAT_GAN_Real_SRx4.yml'}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread avoids spin-waiting when the 2 cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def to_tensor(img_rgb_uint8: np.ndarray) -> torch.Tensor:

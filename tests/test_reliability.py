@@ -27,12 +27,7 @@ from sr_arch.utils.options import OptionError, load_yaml, parse_options
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -28,13 +28,7 @@ TRAIN_ITERS, TRAIN_LR = 700, 1e-3
 RGT_MANIFEST = sorted(name for name, entry in load_manifests().items() if entry['family'] == 'RGT')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny networks run fastest on one thread, and do not fight other processes for the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def pooled_psnr(psnrs: list[float]) -> float:

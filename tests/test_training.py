@@ -64,13 +64,7 @@ class TrainingTestDropoutNet(nn.Module):
         return self.shuffle(body) + F.interpolate(x, scale_factor=self.upscale, mode='nearest')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread avoids spin-waiting when the 2 cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
