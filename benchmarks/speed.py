@@ -168,6 +168,8 @@ def peak_memory_in_process(net: nn.Module, x: torch.Tensor, mode: str, formulati
 
 
 def _prepare(config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+    if config.get('threads'):
+        torch.set_num_threads(config['threads'])
     device = torch.device(config['device'])
     dtype = DTYPES[config['dtype']]
     net = build_network(config['variant'], config['scale'], config['tiny'], config.get('groups'))
@@ -193,18 +195,42 @@ def _memory_child(config_json: str) -> None:
     print(peak_memory_in_process(net, x, config['mode'], config['formulation']))
 
 
+def latency_in_process(config: dict[str, Any], repeats: int, warmup: int) -> dict[str, Any]:
+    """ours/plain median latency (s), all timings and the outputs' max abs difference, in this process."""
+    net, x = _prepare(config)
+    times, diff = time_interleaved(net, x, config['mode'], repeats, warmup)
+    result: dict[str, Any] = {}
+    for formulation in FORMULATIONS:
+        result[f'{formulation}_s'] = statistics.median(times[formulation])
+        result[f'{formulation}_all_s'] = times[formulation]
+    result['speedup'] = result['plain_s'] / result['ours_s']
+    result['max_abs_diff'] = diff
+    return result
+
+
+def latency_subprocess(config: dict[str, Any], repeats: int, warmup: int) -> dict[str, Any]:
+    """``latency_in_process`` in a fresh interpreter: the C allocator's state (glibc raises its mmap threshold
+    after large frees, which makes later large allocations skip page faults) then depends on this network
+    only, not on the networks measured before it."""
+    request = json.dumps(dict(config=config, repeats=repeats, warmup=warmup))
+    proc = subprocess.run([sys.executable, __file__, '--latency-child', request], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f'  latency child failed: {proc.stderr.strip().splitlines()[-1:]}', file=sys.stderr)
+        return {}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _latency_child(request_json: str) -> None:
+    request = json.loads(request_json)
+    print(json.dumps(latency_in_process(request['config'], request['repeats'], request['warmup'])))
+
+
 def benchmark(config: dict[str, Any], repeats: int, warmup: int, latency: bool, memory: bool) -> dict[str, Any]:
     """One record: config + ours/plain median latency (s), all timings, output diff, peak memory (bytes)."""
     record: dict[str, Any] = dict(config)
     if latency:
-        net, x = _prepare(config)
-        times, diff = time_interleaved(net, x, config['mode'], repeats, warmup)
-        for formulation in FORMULATIONS:
-            record[f'{formulation}_s'] = statistics.median(times[formulation])
-            record[f'{formulation}_all_s'] = times[formulation]
-        record['speedup'] = record['plain_s'] / record['ours_s']
-        record['max_abs_diff'] = diff
-        del net, x
+        run = latency_subprocess if config['device'] == 'cpu' else latency_in_process
+        record.update(run(config, repeats, warmup))
     if memory:
         for formulation in FORMULATIONS:
             if config['device'] == 'cpu':
@@ -277,6 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch\'s choice)')
     parser.add_argument('--out', type=Path, default=Path('experiments/benchmarks'))
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
+    parser.add_argument('--latency-child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     known = _variant_builders()
     for name in args.variants:
@@ -305,17 +332,20 @@ def configurations(args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], b
                 for size in sizes:
                     for mode in args.modes:
                         config = dict(variant=variant, scale=args.scale, size=size, mode=mode, device=device,
-                                      dtype=dtype, tiny=args.tiny, groups=args.groups)
+                                      dtype=dtype, tiny=args.tiny, groups=args.groups, threads=args.threads)
                         yield config, size in args.sizes, not args.no_memory
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         _memory_child(args.memory_child)
         return []
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.latency_child:
+        _latency_child(args.latency_child)
+        return []
     machine = machine_info()
     records: list[dict[str, Any]] = []
     table = markdown_table(records, {**machine, 'load_avg_end': machine['load_avg_start']})

@@ -14,6 +14,7 @@ Generic layers that basicsr already ships with the right state_dict names (``Dro
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator, Sequence
 
 import torch
@@ -89,7 +90,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, bias:
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if _attention_backend == 'sdpa':
+    # CPU SDPA has no fused kernel for v wider than q/k (RGT's RG-SA); its math fallback is slower than plain
+    fused = _attention_backend == 'sdpa' and not (q.device.type == 'cpu' and q.shape[-1] != v.shape[-1])
+    if fused:
         if bias is not None:
             # a mask with fewer dims than q sends CPU SDPA to its unfused math kernel (2.8x slower for
             # HAT's windows); a broadcasting view of the same rank keeps the fused flash kernel
@@ -104,20 +107,127 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, bias:
     return scores.softmax(dim=-1) @ v
 
 
-def window_partition(x: Tensor, window_size: WindowSize) -> Tensor:
-    """Split a feature map into non-overlapping windows.
+class MaskScratch:
+    """Reusable memory for the (nW * heads, N, N) sums of a position bias and a shift mask.
+
+    A shifted-window block adds its (heads, N, N) position bias to the (nW, N, N) shift mask: 12-25 MiB
+    per block at a 64x64 input, hundreds of MiB at 256x256. Allocating that afresh in every block costs
+    more than the attention itself on CPU (fresh pages fault in). A network owns one ``MaskScratch``
+    shared by its blocks (``share_mask_scratch``) and runs its forward inside ``forward_scope()``:
+    blocks that run without autograd then write their sums into one buffer, which is dropped when the
+    outermost forward ends, so nothing stays allocated between forwards. With autograd on (the sum may
+    be saved for backward), outside a scope, or under ``plain_formulation()``, each sum is a new tensor.
+    State is kept per thread, so threads sharing a network in eval mode do not share the buffer.
+    """
+
+    def __init__(self) -> None:
+        self._per_thread: dict[int, list] = {}  # thread id -> [scope depth, buffer or None]
+
+    @contextlib.contextmanager
+    def forward_scope(self) -> Iterator[None]:
+        state = self._per_thread.setdefault(threading.get_ident(), [0, None])
+        state[0] += 1
+        try:
+            yield
+        finally:
+            state[0] -= 1
+            if state[0] == 0:
+                del self._per_thread[threading.get_ident()]
+
+    def buffer(self, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+        """A reusable (uninitialised) tensor of ``shape`` with ``like``'s dtype/device, or None when not allowed."""
+        state = self._per_thread.get(threading.get_ident())
+        if state is None or not _size_caches_enabled or torch.is_grad_enabled():
+            return None
+        buffer = state[1]
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            state[1] = None  # release the old one before allocating
+            buffer = state[1] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buffer
+
+
+def share_mask_scratch(network: torch.nn.Module) -> MaskScratch:
+    """Give every submodule with a ``mask_scratch`` attribute one common ``MaskScratch``; returns it."""
+    scratch = MaskScratch()
+    for module in network.modules():
+        if hasattr(module, 'mask_scratch'):
+            module.mask_scratch = scratch
+    return scratch
+
+
+def add_shift_mask(bias: Tensor, shift_mask: Tensor, scratch: MaskScratch | None = None) -> Tensor:
+    """Position bias plus shift mask as one additive attention mask.
 
     Args:
-        x: (B, H, W, C), H and W multiples of the window sides.
+        bias: (heads, N, N) position bias.
+        shift_mask: (nW, N, N) shifted-window mask.
+        scratch: where to write the sum when no autograd graph can keep it (see ``MaskScratch``).
+
+    Returns:
+        (nW * heads, N, N), window-major.
+    """
+    shift_mask = shift_mask.to(bias.dtype)
+    shape = (shift_mask.shape[0], *bias.shape)
+    out = scratch.buffer(shape, bias) if scratch is not None else None
+    if out is None:
+        return (bias.unsqueeze(0) + shift_mask.unsqueeze(1)).flatten(0, 1)
+    return torch.add(bias.unsqueeze(0), shift_mask.unsqueeze(1), out=out).flatten(0, 1)
+
+
+def window_attention(qkv: Tensor, num_heads: int, scale: float, bias: Tensor, shift_mask: Tensor | None = None,
+                     scratch: MaskScratch | None = None) -> Tensor:
+    """Multi-head self attention inside windows, from packed queries, keys and values.
+
+    q, k and v are taken as strided views of ``qkv`` (the fused CPU kernel reads them in place and writes
+    its output token-major, so no head split or merge copies a tensor); position bias and shift mask
+    form one additive mask (``add_shift_mask``).
+
+    Args:
+        qkv: (B*nW, N, 3, C) windows, those of one image consecutive; the channel dim must be unit-strided.
+        num_heads: heads; C must be a multiple.
+        scale: multiplier of ``q @ k^T``.
+        bias: (heads, N, N) relative position bias.
+        shift_mask: (nW, N, N) additive mask of shifted windows, or None.
+        scratch: the network's ``MaskScratch`` for the bias + mask sum, if any.
+
+    Returns:
+        (B*nW, N, C)
+    """
+    windows, n, _, c = qkv.shape
+    head_dim = c // num_heads
+    q, k, v = qkv.view(windows, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)  # (B*nW, heads, N, d) each
+    if shift_mask is None:
+        return attention(q, k, v, scale, bias).transpose(1, 2).reshape(windows, n, c)
+    num_windows = shift_mask.shape[0]
+    if windows % num_windows:
+        raise ValueError(f'window_attention: {windows} windows is not a multiple of the mask\'s {num_windows} windows '
+                         'per image')
+    mask = add_shift_mask(bias, shift_mask, scratch)  # (nW*heads, N, N)
+    if windows == num_windows:  # one image: the mask lines up with the (nW, heads) batch as it is
+        out = attention(q, k, v, scale, mask.view(num_windows, num_heads, n, n))
+        return out.transpose(1, 2).reshape(windows, n, c)
+    # several images: windows and heads share one batch axis so the mask broadcasts over the images
+    batch = windows // num_windows
+    q, k, v = (t.reshape(batch, num_windows * num_heads, n, head_dim) for t in (q, k, v))
+    out = attention(q, k, v, scale, mask)
+    return out.view(windows, num_heads, n, head_dim).transpose(1, 2).reshape(windows, n, c)
+
+
+def window_partition(x: Tensor, window_size: WindowSize) -> Tensor:
+    """Split a feature map into non-overlapping windows (one copy, also from a strided view).
+
+    Args:
+        x: (B, H, W, *C), H and W multiples of the window sides; any trailing dims.
         window_size: (window height, window width).
 
     Returns:
-        (B * num_windows, window height, window width, C)
+        (B * num_windows, window height, window width, *C)
     """
-    b, h, w, c = x.shape
+    b, h, w = x.shape[:3]
     wh, ww = window_size
-    x = x.view(b, h // wh, wh, w // ww, ww, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh, ww, c)
+    channels = x.shape[3:]
+    x = x.view(b, h // wh, wh, w // ww, ww, *channels)
+    return x.permute(0, 1, 3, 2, 4, *range(5, x.dim())).reshape(-1, wh, ww, *channels)
 
 
 def window_reverse(windows: Tensor, window_size: WindowSize, h: int, w: int) -> Tensor:

@@ -40,8 +40,9 @@ from torch.utils.checkpoint import checkpoint
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MeanShift, UpsampleOneStep, WindowSize, attention, build_variant,
-                                     init_transformer_weights, pad_to_multiple,
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, UpsampleOneStep, WindowSize, add_shift_mask,
+                                     attention, build_variant, init_transformer_weights, pad_to_multiple,
+                                     share_mask_scratch,
                                      relative_position_index, shifted_window_mask, size_caches_enabled,
                                      window_partition, window_reverse)
 
@@ -101,6 +102,7 @@ class GRSA(nn.Module):
         self.v1, self.v2 = nn.Linear(half, half), nn.Linear(half, half)
         self.proj1, self.proj2 = nn.Linear(half, half), nn.Linear(half, half)
         self._position_bias_cache: tuple[tuple, Tensor] | None = None
+        self.mask_scratch: MaskScratch | None = None  # set by the network (share_mask_scratch)
 
     @staticmethod
     def _grouped(x: Tensor, first: nn.Module, second: nn.Module, residual: bool) -> Tensor:
@@ -162,7 +164,7 @@ class GRSA(nn.Module):
             nw = mask.shape[0]
             if bn % nw:
                 raise ValueError(f'GRSA: {bn} windows is not a multiple of the mask\'s {nw} windows per image')
-            bias = (bias[None] + mask[:, None].to(bias.dtype)).reshape(1, nw * heads, n, n)
+            bias = add_shift_mask(bias, mask, self.mask_scratch)  # (nW*heads, N, N)
             out = attention(q.reshape(bn // nw, nw * heads, n, head_dim), k.reshape(bn // nw, nw * heads, n, head_dim),
                             v.reshape(bn // nw, nw * heads, n, head_dim), scale=1.0, bias=bias)
         out = out.reshape(bn, heads, n, head_dim).transpose(1, 2).reshape(bn, n, c)
@@ -356,6 +358,7 @@ class GRFormer(nn.Module):
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.upsample = UpsampleOneStep(upscale, embed_dim, in_chans)
         self.apply(init_transformer_weights)
+        self.mask_scratch = share_mask_scratch(self)
         shared_mask_cache: dict[tuple, Tensor] = {}
         for module in self.modules():
             if isinstance(module, GRSAB):
@@ -376,8 +379,9 @@ class GRFormer(nn.Module):
         """(B, C, H, W) shallow features -> (B, C, H, W) deep features (H, W multiples of the window)."""
         b, c, h, w = x.shape
         x = self.pos_drop(x.flatten(2).transpose(1, 2))
-        for layer in self.layers:
-            x = layer(x, (h, w))
+        with self.mask_scratch.forward_scope():
+            for layer in self.layers:
+                x = layer(x, (h, w))
         return self.norm(x).transpose(1, 2).reshape(b, c, h, w)
 
     def forward(self, x: Tensor) -> Tensor:

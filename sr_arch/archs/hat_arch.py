@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from basicsr.archs.rcan_arch import ChannelAttention
 from basicsr.utils.registry import ARCH_REGISTRY
-from sr_arch.archs.arch_util import (DropPath, MeanShift, Mlp, Upsample, attention, init_transformer_weights,
-                                     relative_position_index,
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Mlp, Upsample, attention,
+                                     init_transformer_weights, relative_position_index, share_mask_scratch,
                                      shifted_window_mask, size_caches_enabled, to_2tuple, trunc_normal_,
-                                     window_partition, window_reverse)
+                                     window_attention, window_partition, window_reverse)
 
 def _trunc_normal(tensor: Tensor, std: float = 0.02) -> None:
     """``trunc_normal_``, skipped on the meta device (no values there; it is slow through torch's refs)."""
@@ -119,6 +119,7 @@ class WindowAttention(_PositionBiasCache, nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         _trunc_normal(self.relative_position_bias_table)
         self._init_position_bias_cache()
+        self.mask_scratch: MaskScratch | None = None  # set by the network (share_mask_scratch)
 
     def forward(self, windows: Tensor, index: Tensor, shift_mask: Tensor | None = None) -> Tensor:
         """
@@ -131,17 +132,9 @@ class WindowAttention(_PositionBiasCache, nn.Module):
             (B, nW, N, C)
         """
         b, nw, n, c = windows.shape
-        heads = self.num_heads
-        qkv = self.qkv(windows).view(b, nw, n, 3, heads, c // heads).permute(3, 0, 1, 4, 2, 5)
-        bias = self.position_bias(index)  # (heads, N, N)
-        if shift_mask is None:
-            q, k, v = qkv.reshape(3, b * nw, heads, n, c // heads)
-        else:
-            # windows and heads share one batch axis so the (nW * heads, N, N) mask broadcasts over B
-            q, k, v = qkv.reshape(3, b, nw * heads, n, c // heads)
-            bias = (shift_mask.unsqueeze(1) + bias).view(nw * heads, n, n)
-        out = attention(q, k, v, self.scale, bias)
-        out = out.view(b, nw, heads, n, c // heads).permute(0, 1, 3, 2, 4).reshape(b, nw, n, c)
+        qkv = self.qkv(windows).view(b * nw, n, 3, c)
+        out = window_attention(qkv, self.num_heads, self.scale, self.position_bias(index), shift_mask,
+                               self.mask_scratch).view(b, nw, n, c)
         return self.proj_drop(self.proj(out))
 
     def train(self, mode: bool = True) -> 'WindowAttention':
@@ -380,6 +373,7 @@ class HAT(nn.Module):
         self.upsample = Upsample(upscale, num_feat)
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
         self.apply(init_transformer_weights)
+        self.mask_scratch = share_mask_scratch(self)
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'HAT':
@@ -427,8 +421,9 @@ class HAT(nn.Module):
             tokens = tokens + self.absolute_pos_embed.view(1, h, w, c)
         tokens = self.pos_drop(tokens)
         shift_mask = self.shift_mask(h, w, x.device) if self.shift_size else None
-        for layer in self.layers:
-            tokens = layer(tokens, self.relative_position_index_SA, self.relative_position_index_OCA, shift_mask)
+        with self.mask_scratch.forward_scope():
+            for layer in self.layers:
+                tokens = layer(tokens, self.relative_position_index_SA, self.relative_position_index_OCA, shift_mask)
         return self.norm(tokens).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: Tensor) -> Tensor:

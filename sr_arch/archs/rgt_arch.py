@@ -37,9 +37,10 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MeanShift, Upsample, attention, build_variant,
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Upsample, add_shift_mask, attention,
+                                     build_variant, share_mask_scratch,
                                      init_transformer_weights, relative_position_index,
-                                     shifted_window_mask, size_caches_enabled, window_partition,
+                                     shifted_window_mask, size_caches_enabled, window_attention, window_partition,
                                      window_reverse)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
@@ -167,6 +168,7 @@ class RectangleWindowBranch(nn.Module):
         self.register_buffer('rpe_biases', offsets.flatten(1).transpose(0, 1).contiguous().float())
         self.register_buffer('relative_position_index', relative_position_index(window_size))
         self._bias_cache: tuple[tuple, Tensor] | None = None
+        self.mask_scratch: MaskScratch | None = None  # set by the network (share_mask_scratch)
 
     def _compute_position_bias(self) -> Tensor:
         n = self.window_size[0] * self.window_size[1]
@@ -196,18 +198,11 @@ class RectangleWindowBranch(nn.Module):
         _, b, h, w, c = qkv.shape
         wh, ww = self.window_size
         n = wh * ww
-        windows = window_partition(qkv.reshape(3 * b, h, w, c), self.window_size)  # (3B*nW, wh, ww, C)
-        num_windows = windows.shape[0] // (3 * b)
-        windows = windows.view(3, b, num_windows, n, self.num_heads, c // self.num_heads).permute(0, 1, 2, 4, 3, 5)
-        bias = self.position_bias()  # (heads, N, N)
-        # 4-D layouts (fused SDPA kernels take no 5-D input) in which the bias broadcasts over the batch
-        if mask is None:
-            q, k, v = windows.reshape(3, b * num_windows, self.num_heads, n, -1).unbind(0)
-        else:
-            q, k, v = windows.reshape(3, b, num_windows * self.num_heads, n, -1).unbind(0)
-            bias = (bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)).flatten(0, 1)  # (nW*heads, N, N)
-        out = attention(q, k, v, self.scale, bias)
-        out = out.view(b, num_windows, self.num_heads, n, -1).permute(0, 1, 3, 2, 4).reshape(b * num_windows, wh, ww, c)
+        # (B, H, W, 3, C) -> (B*nW, N, 3, C): one copy, q/k/v stay packed per token
+        windows = window_partition(qkv.permute(1, 2, 3, 0, 4), self.window_size)
+        out = window_attention(windows.reshape(-1, n, 3, c), self.num_heads, self.scale, self.position_bias(), mask,
+                               self.mask_scratch)
+        out = out.view(-1, wh, ww, c)
         return window_reverse(out, self.window_size, h, w)
 
 
@@ -460,6 +455,7 @@ class RGT(nn.Module):
         self.upsample = Upsample(upscale, num_feat)
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
         self.apply(init_transformer_weights)
+        self.mask_scratch = share_mask_scratch(self)
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'RGT':
@@ -471,8 +467,9 @@ class RGT(nn.Module):
         """(B, C, H, W) shallow features -> (B, C, H, W) deep features."""
         height, width = x.shape[-2:]
         x = self.before_RG(x)
-        for layer in self.layers:
-            x = layer(x, (height, width))
+        with self.mask_scratch.forward_scope():
+            for layer in self.layers:
+                x = layer(x, (height, width))
         return tokens_to_image(self.norm(x), height, width)
 
     def forward(self, x: Tensor) -> Tensor:
