@@ -39,6 +39,30 @@ def golden_cases(family: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
+def golden_outputs(network_class: type, case: str, backend: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Two eval forwards of the golden input through ``network_class`` with the official weights (strict load).
+
+    Returns (first output, second output: the one that reuses cached masks / biases, golden case).
+    """
+    from sr_arch.archs.arch_util import attention_backend
+
+    golden = load_golden(case)
+    net = network_class(**golden['kwargs'])
+    net.load_state_dict(golden['state_dict'], strict=True)
+    net.eval()
+    with torch.no_grad(), attention_backend(backend):
+        return net(golden['input']), net(golden['input']), golden
+
+
+def assert_matches_golden(network_class: type, case: str, backend: str) -> None:
+    """Both forwards equal the official output within 1e-5, and each other exactly."""
+    out, again, golden = golden_outputs(network_class, case, backend)
+    assert out.shape == golden['output'].shape
+    diff = (out - golden['output']).abs().max().item()
+    assert diff <= 1e-5, f'{case} ({backend}): max abs diff {diff}'
+    assert torch.equal(out, again)
+
+
 def load_manifests() -> dict[str, Any]:
     """``{'HAT-L x3': {'family', 'kwargs', 'params', 'state_dict': {name: [shape, dtype]}}, ...}``."""
     with open(os.path.join(GOLDEN_DIR, 'manifests.json')) as f:
@@ -108,6 +132,40 @@ def deep_update(base: dict, overrides: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def tiny_options(paired: tuple[str, str], name: str, overrides: dict | None = None) -> dict:
+    """A complete option dict: MSRResNet (8 features, 1 block) x2 on the photo crops of ``paired`` (HR, LR
+    folders), batch 2, CPU, 4 iterations, a validation dataset but no validation; ``overrides`` deep-merged."""
+    hr, lr = paired
+    data = {'type': 'PairedImageDataset', 'dataroot_gt': hr, 'dataroot_lq': lr, 'io_backend': {'type': 'disk'}}
+    opt = {
+        'name': name, 'model_type': 'SRArchModel', 'scale': 2, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {
+            'train': dict(data, name='train', gt_size=32, use_hflip=True, use_rot=True, num_worker_per_gpu=0,
+                          batch_size_per_gpu=2, dataset_enlarge_ratio=1),
+            'val': dict(data, name='val'),
+        },
+        'network_g': {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
+                      'upscale': 2},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'optim_g': {'type': 'Adam', 'lr': 2e-3, 'betas': [0.9, 0.99]},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
+                  'total_iter': 4, 'warmup_iter': -1,
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
+        'val': None,
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 100, 'use_tb_logger': False},
+        'dist_params': {'backend': 'nccl', 'port': 29500},
+    }
+    return deep_update(opt, overrides or {})
+
+
+def write_options(folder, opt: dict, filename: str = 'options.yml') -> str:
+    """``opt`` as YAML in ``folder``; returns the path."""
+    path = os.path.join(str(folder), filename)
+    with open(path, 'w') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    return path
 
 
 def derive_options(src_yml: str, overrides: dict, dst_yml: str) -> dict:

@@ -118,3 +118,18 @@ def test_networks_release_their_scratch_after_forward():
         net(torch.rand(1, 3, 16, 16))
     assert net.mask_scratch._per_thread == {}
     assert all(m.mask_scratch is net.mask_scratch for m in net.modules() if hasattr(m, 'mask_scratch'))
+
+
+@pytest.mark.parametrize('bias_rows', [None, 1, 16])
+def test_unfused_attention_in_query_slices_is_exact(monkeypatch, bias_rows):
+    """Wider v than q/k has no fused CPU kernel; large score matrices are then built a slice of queries at a time."""
+    from sr_arch.archs import arch_util
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, HEADS, 16, 5), torch.randn(2, HEADS, 6, 5), torch.randn(2, HEADS, 6, 10)
+    bias = None if bias_rows is None else torch.randn(HEADS, bias_rows, 6)
+    whole = attention(q, k, v, 0.4, bias)
+    monkeypatch.setattr(arch_util, 'PLAIN_SCORES_LIMIT', 2 * HEADS * 3 * 6)  # 3 query rows per slice (6 slices)
+    sliced = attention(q, k, v, 0.4, bias)
+    assert sliced.shape == whole.shape
+    assert (sliced - whole).abs().max().item() < 1e-6

@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options,
-                     golden_cases, load_golden, load_manifests, make_paired_folder, photo, psnr_y, run_script,
-                     upscale_with)
+                     assert_matches_golden, golden_cases, load_manifests, make_paired_folder, photo,
+                     psnr_y, run_script, upscale_with)
 from sr_arch.archs.arch_util import attention_backend
 from sr_arch.archs.grformer_arch import GRFORMER_VARIANTS, GRFormer
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
@@ -36,14 +36,7 @@ def test_golden_cases_exist():
 @pytest.mark.parametrize('backend', ['sdpa', 'plain'])
 @pytest.mark.parametrize('case', GOLDEN)
 def test_matches_official_outputs(case, backend):
-    golden = load_golden(case)
-    net = GRFormer(**golden['kwargs'])
-    net.load_state_dict(golden['state_dict'], strict=True)
-    net.eval()
-    with torch.no_grad(), attention_backend(backend):
-        out = net(golden['input'])
-    assert out.shape == golden['output'].shape
-    assert (out - golden['output']).abs().max().item() <= 1e-5
+    assert_matches_golden(GRFormer, case, backend)
 
 
 @pytest.mark.parametrize('size', [(5, 7), (1, 1), (17, 9), (33, 40), (32, 32), (24, 64)])

@@ -21,9 +21,9 @@ from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options,
-                     golden_cases, load_golden, load_manifests, make_paired_folder, photo, psnr_y, run_script,
-                     upscale_with)
-from sr_arch.archs.arch_util import attention_backend, pad_to_multiple
+                     assert_matches_golden, golden_cases, load_golden, load_manifests, make_paired_folder, photo,
+                     psnr_y, run_script, upscale_with)
+from sr_arch.archs.arch_util import pad_to_multiple
 from sr_arch.archs.hat_arch import HAT, HAT_VARIANTS, build_hat, hat_variant_kwargs
 from sr_arch.data.imagenet_paired_dataset import ImageNetPairedDataset, bicubic_lr, crop_pair_fast
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
@@ -60,14 +60,7 @@ def test_matches_official_output(case, backend):
     net = HAT(**golden['kwargs'])
     for buffer in ('relative_position_index_SA', 'relative_position_index_OCA'):  # our formulas, official values
         assert torch.equal(net.state_dict()[buffer], golden['state_dict'][buffer]), buffer
-    net.load_state_dict(golden['state_dict'], strict=True)
-    net.eval()
-    with torch.no_grad(), attention_backend(backend):
-        out = net(golden['input'])
-        again = net(golden['input'])  # second call: cached shift mask and position biases
-    assert out.shape == golden['output'].shape
-    assert (out - golden['output']).abs().max().item() <= 1e-5
-    assert torch.equal(out, again)
+    assert_matches_golden(HAT, case, backend)
 
 
 def test_golden_cases_and_manifest_cover_the_family():

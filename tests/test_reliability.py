@@ -9,15 +9,13 @@ import glob
 import os
 import pickle
 
-import cv2
 import lmdb
-import numpy as np
 import pytest
 import torch
-import yaml
 
 import sr_arch  # noqa: F401  (before basicsr)
-from helpers import REPO_ROOT, deep_update, make_paired_folder, run_script
+import helpers
+from helpers import REPO_ROOT, deep_update, make_paired_folder, run_script, write_options
 from sr_arch import train as train_module
 from sr_arch.data.robust_io import BadImageError
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
@@ -36,30 +34,10 @@ def paired(tmp_path_factory) -> tuple[str, str]:
 
 
 def tiny_options(hr: str, lr: str, name: str, overrides: dict | None = None) -> dict:
-    """MSRResNet (8 features, 1 block) x2 on the photo crops, batch 2, CPU, 3 iterations, no validation."""
-    data = {'type': 'PairedImageDataset', 'dataroot_gt': hr, 'dataroot_lq': lr, 'io_backend': {'type': 'disk'}}
-    opt = {
-        'name': name, 'model_type': 'SRArchModel', 'scale': 2, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': dict(data, name='train', gt_size=24, use_hflip=True, use_rot=True,
-                                   num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1)},
-        'network_g': {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
-                      'upscale': 2},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'Adam', 'lr': 2e-3, 'betas': [0.9, 0.99]},
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-                  'total_iter': 3, 'warmup_iter': -1,
-                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1, 'use_tb_logger': False},
-        'dist_params': {'backend': 'nccl', 'port': 29500},
-    }
-    return deep_update(opt, overrides or {})
-
-
-def write_options(folder, opt: dict, filename: str = 'options.yml') -> str:
-    path = os.path.join(str(folder), filename)
-    with open(path, 'w') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
-    return path
+    """helpers.tiny_options with 24-pixel patches, 3 iterations, a checkpoint each, no validation set."""
+    reliability = {'datasets': {'train': {'gt_size': 24}, 'val': None}, 'val': None,
+                   'train': {'total_iter': 3}, 'logger': {'save_checkpoint_freq': 1}}
+    return deep_update(helpers.tiny_options((hr, lr), name, reliability), overrides or {})
 
 
 def option_error(folder, opt: dict) -> str:

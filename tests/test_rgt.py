@@ -14,9 +14,9 @@ import yaml
 from basicsr.models import build_model
 
 from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options,
-                     golden_cases, load_golden, load_manifests, make_paired_folder, photo, psnr_y, run_script,
-                     upscale_with)
-from sr_arch.archs.arch_util import attention_backend, plain_formulation
+                     assert_matches_golden, golden_cases, load_manifests, make_paired_folder, photo,
+                     psnr_y, run_script, upscale_with)
+from sr_arch.archs.arch_util import plain_formulation
 from sr_arch.archs.rgt_arch import RGT, RGT_VARIANTS, min_padded_size, recursion_steps
 from sr_arch.utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint
 from sr_arch.utils.option_validation import validate_options
@@ -50,16 +50,7 @@ def rgt_model(network: dict, scale: int, path: dict | None = None, **extra):
 @pytest.mark.parametrize('backend', ['sdpa', 'plain'])
 @pytest.mark.parametrize('case', golden_cases('rgt'))
 def test_matches_official_output(case, backend):
-    golden = load_golden(case)
-    net = RGT(**golden['kwargs'])
-    net.load_state_dict(golden['state_dict'], strict=True)
-    net.eval()
-    with torch.no_grad(), attention_backend(backend):
-        out = net(golden['input'])
-        again = net(golden['input'])  # second call: cached position bias / masks
-    assert out.shape == golden['output'].shape
-    assert (out - golden['output']).abs().max().item() <= 1e-5
-    assert torch.equal(out, again)
+    assert_matches_golden(RGT, case, backend)
 
 
 def test_golden_cases_exist():

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 import sr_arch  # noqa: F401  (before basicsr: compat fixes; this module is also imported by a subprocess)
 from basicsr.models import build_model
@@ -26,7 +25,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from helpers import REPO_ROOT, deep_update, make_paired_folder, photo
+from helpers import REPO_ROOT, deep_update, make_paired_folder, photo, tiny_options, write_options
 from sr_arch import train as train_module
 from sr_arch.models.training import NonFiniteError
 from sr_arch.utils.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint
@@ -70,38 +69,6 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')
 @pytest.fixture(scope='module')
 def paired(tmp_path_factory) -> tuple[str, str]:
     return make_paired_folder(str(tmp_path_factory.mktemp('paired')), 2, max_side=48)
-
-
-def tiny_options(paired: tuple[str, str], name: str, overrides: dict | None = None) -> dict:
-    """A complete option dict: MSRResNet (8 features, 1 block) x2 on 6 photo crops, batch 2, CPU."""
-    hr, lr = paired
-    data = {'type': 'PairedImageDataset', 'dataroot_gt': hr, 'dataroot_lq': lr, 'io_backend': {'type': 'disk'}}
-    opt = {
-        'name': name, 'model_type': 'SRArchModel', 'scale': 2, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {
-            'train': dict(data, name='train', gt_size=32, use_hflip=True, use_rot=True, num_worker_per_gpu=0,
-                          batch_size_per_gpu=2, dataset_enlarge_ratio=1),
-            'val': dict(data, name='val'),
-        },
-        'network_g': {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
-                      'upscale': 2},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'Adam', 'lr': 2e-3, 'betas': [0.9, 0.99]},
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-                  'total_iter': 4, 'warmup_iter': -1,
-                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
-        'val': None,
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 100, 'use_tb_logger': False},
-        'dist_params': {'backend': 'nccl', 'port': 29500},
-    }
-    return deep_update(opt, overrides or {})
-
-
-def write_options(folder, opt: dict, filename: str = 'options.yml') -> str:
-    path = os.path.join(str(folder), filename)
-    with open(path, 'w') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
-    return path
 
 
 def run_pipeline(root, opt: dict, *args: str):

@@ -8,8 +8,9 @@ attention kernel itself (``attention``), which runs through
 additive mask, or through the plain ``softmax(q @ k^T * scale + bias) @ v`` formulation.
 The backend can be switched for benchmarks and equivalence tests with ``attention_backend``.
 
-Generic layers that basicsr already ships with the right state_dict names (``DropPath``, ``Mlp``,
-``Upsample``, ``UpsampleOneStep``, ``trunc_normal_``, ``to_2tuple``) are re-exported from basicsr.
+Generic layers that basicsr already ships with the right state_dict names (``DropPath``, ``Upsample``,
+``UpsampleOneStep``, ``trunc_normal_``, ``to_2tuple``) are re-exported from basicsr. Token-wise linear
+layers are ``TokenLinear`` (an ``nn.Linear`` with a faster CPU kernel), also inside ``Mlp``.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from basicsr.archs.arch_util import Upsample, to_2tuple, trunc_normal_  # noqa: F401  (re-exported)
-from basicsr.archs.swinir_arch import DropPath, Mlp, UpsampleOneStep  # noqa: F401  (re-exported)
+from basicsr.archs.swinir_arch import DropPath, UpsampleOneStep  # noqa: F401  (re-exported)
 
 #: RGB mean of DIV2K, subtracted by HAT, RGT and GRFormer before the first convolution.
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -75,6 +76,51 @@ def plain_formulation() -> Iterator[None]:
         _size_caches_enabled = previous
 
 
+class TokenLinear(torch.nn.Linear):
+    """``nn.Linear`` over the last dim of (..., C) tokens; on CPU in float32 a 1x1 convolution computes it.
+
+    The (M, C) token matrix is viewed as a channels-last (1, C, M, 1) image, so oneDNN's convolution,
+    which on CPU is 1.5-2.2x faster than the GEMM behind ``nn.Linear`` for SR-transformer token matrices
+    (forward and backward; ``benchmarks/linear_kernels.py``), runs without any copy of a contiguous input
+    and returns token-major output. Same parameters, state_dict names and results (up to float rounding)
+    as ``nn.Linear``; on other devices or dtypes, and under ``plain_formulation()``, it is ``nn.Linear``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != 'cpu' or x.dtype != torch.float32 or x.dim() < 2 or x.numel() == 0 \
+                or not _size_caches_enabled:
+            return super().forward(x)
+        return linear_as_conv1x1(x, self.weight, self.bias)
+
+
+def linear_as_conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)`` for (..., C) ``x``, computed as a 1x1 convolution: (..., C) -> (..., out)."""
+    lead, channels = x.shape[:-1], x.shape[-1]
+    tokens = lead.numel()
+    image = x.reshape(1, tokens, 1, channels).permute(0, 3, 1, 2)  # (1, C, M, 1), channels-last strides
+    out = F.conv2d(image, weight.view(weight.shape[0], channels, 1, 1), bias)
+    return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])
+
+
+class Mlp(torch.nn.Module):
+    """fc1 -> act -> dropout -> fc2 -> dropout on (..., C) tokens (basicsr/timm ``Mlp`` names; ``TokenLinear`` layers
+    unless ``linear_layer`` says otherwise)."""
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 act_layer: type[torch.nn.Module] = torch.nn.GELU, drop: float = 0.0,
+                 linear_layer: type[torch.nn.Linear] = TokenLinear):
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        self.fc1 = linear_layer(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = linear_layer(hidden_features, out_features)
+        self.drop = torch.nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, bias: Tensor | None = None) -> Tensor:
     """Softmax attention ``softmax(q @ k^T * scale + bias) @ v``.
 
@@ -101,10 +147,33 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, bias:
             if bias.is_inference() and torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
                 bias = bias.clone()  # a cache filled under inference_mode; autograd may not save it as is
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    num_scores = q.shape[:-1].numel() * k.shape[-2]
+    if _attention_backend == 'plain' or num_scores <= PLAIN_SCORES_LIMIT:
+        return _plain_attention(q, k, v, scale, bias)
+    # no fused kernel: bound the score matrix by taking the queries in slices (softmax is per query row)
+    rows = max(1, PLAIN_SCORES_LIMIT * q.shape[-2] // num_scores)
+    return torch.cat([_plain_attention(q[..., start:start + rows, :], k, v, scale,
+                                       _query_rows(bias, start, rows))
+                      for start in range(0, q.shape[-2], rows)], dim=-2)
+
+
+#: Outside ``plain_formulation()``, an unfused attention whose score matrix would exceed this many elements
+#: (64 MiB in fp32) is computed in slices of queries; every slice is exact, the peak memory stays bounded.
+PLAIN_SCORES_LIMIT = 1 << 24
+
+
+def _plain_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None) -> Tensor:
     scores = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:
         scores = scores + bias
     return scores.softmax(dim=-1) @ v
+
+
+def _query_rows(bias: Tensor | None, start: int, rows: int) -> Tensor | None:
+    """The rows of a (..., Nq or 1, Nk) additive mask that belong to queries ``start:start + rows``."""
+    if bias is None or bias.dim() < 2 or bias.shape[-2] == 1:
+        return bias
+    return bias[..., start:start + rows, :]
 
 
 class MaskScratch:

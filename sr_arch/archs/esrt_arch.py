@@ -257,7 +257,8 @@ class EfficientTransformer(nn.Module):
         super().__init__()
         self.atten = EfficientMultiHeadAttention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=dim // 4, act_layer=nn.ReLU)
+        # nn.Linear, not TokenLinear: its rounding moves the (large) official test outputs by ~1.2e-5
+        self.mlp = Mlp(in_features=dim, hidden_features=dim // 4, act_layer=nn.ReLU, linear_layer=nn.Linear)
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, UpsampleOneStep, WindowSize, add_shift_mask,
                                      attention, build_variant, init_transformer_weights, pad_to_multiple,
-                                     share_mask_scratch,
+                                     share_mask_scratch, TokenLinear,
                                      relative_position_index, shifted_window_mask, size_caches_enabled,
                                      window_partition, window_reverse)
 
@@ -97,10 +97,10 @@ class GRSA(nn.Module):
                                        nn.Linear(128, num_heads, bias=False))
         self.register_buffer('relative_position_bias_table', exponential_space_coords_table(self.window_size))
         self.register_buffer('relative_position_index', relative_position_index(self.window_size))
-        self.q1, self.q2 = nn.Linear(half, half), nn.Linear(half, half)
-        self.k1, self.k2 = nn.Linear(half, half), nn.Linear(half, half)
-        self.v1, self.v2 = nn.Linear(half, half), nn.Linear(half, half)
-        self.proj1, self.proj2 = nn.Linear(half, half), nn.Linear(half, half)
+        self.q1, self.q2 = TokenLinear(half, half), TokenLinear(half, half)
+        self.k1, self.k2 = TokenLinear(half, half), TokenLinear(half, half)
+        self.v1, self.v2 = TokenLinear(half, half), TokenLinear(half, half)
+        self.proj1, self.proj2 = TokenLinear(half, half), TokenLinear(half, half)
         self._position_bias_cache: tuple[tuple, Tensor] | None = None
         self.mask_scratch: MaskScratch | None = None  # set by the network (share_mask_scratch)
 
@@ -191,10 +191,10 @@ class DepthwiseConvFFN(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = TokenLinear(dim, hidden_dim)
         self.act = nn.GELU()
         self.dwconv = DepthwiseConvBranch(hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = TokenLinear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:

@@ -32,7 +32,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Mlp, Upsample, attention,
                                      init_transformer_weights, relative_position_index, share_mask_scratch,
                                      shifted_window_mask, size_caches_enabled, to_2tuple, trunc_normal_,
-                                     window_attention, window_partition, window_reverse)
+                                     TokenLinear, window_attention, window_partition, window_reverse)
 
 def _trunc_normal(tensor: Tensor, std: float = 0.02) -> None:
     """``trunc_normal_``, skipped on the meta device (no values there; it is slow through torch's refs)."""
@@ -114,8 +114,8 @@ class WindowAttention(_PositionBiasCache, nn.Module):
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = TokenLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = TokenLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         _trunc_normal(self.relative_position_bias_table)
         self._init_position_bias_cache()
@@ -200,11 +200,11 @@ class OCAB(_PositionBiasCache, nn.Module):
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.overlap_win_size = int(window_size * overlap_ratio) + window_size
         self.norm1 = norm_layer(dim)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = TokenLinear(dim, dim * 3, bias=qkv_bias)
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((window_size + self.overlap_win_size - 1) ** 2, num_heads))
         _trunc_normal(self.relative_position_bias_table)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = TokenLinear(dim, dim)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
         self._init_position_bias_cache()

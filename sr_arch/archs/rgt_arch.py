@@ -37,11 +37,10 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Upsample, add_shift_mask, attention,
-                                     build_variant, share_mask_scratch,
-                                     init_transformer_weights, relative_position_index,
-                                     shifted_window_mask, size_caches_enabled, window_attention, window_partition,
-                                     window_reverse)
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Upsample, attention, build_variant,
+                                     init_transformer_weights, relative_position_index, share_mask_scratch,
+                                     shifted_window_mask, size_caches_enabled, TokenLinear, window_attention,
+                                     window_partition, window_reverse)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
 RGT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -222,8 +221,8 @@ class RectangleWindowAttention(nn.Module):
         self.pad_multiple = max(split_size)
         s0, s1 = split_size
         self.window_sizes = ((s0, s1), (s1, s0))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = TokenLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = TokenLinear(dim, dim)
         self.proj_drop = nn.Dropout(drop)
         self.attns = nn.ModuleList([
             RectangleWindowBranch(dim // 2, num_heads // 2, window, qk_scale=qk_scale)
@@ -287,11 +286,11 @@ class RecursiveGeneralizationAttention(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
         self.conv = nn.Conv2d(dim, self.cr, kernel_size=1, stride=1)
         self.norm_act = nn.Sequential(nn.LayerNorm(self.cr), nn.GELU())
-        self.q = nn.Linear(dim, self.cr, bias=qkv_bias)
-        self.k = nn.Linear(self.cr, self.cr, bias=qkv_bias)
-        self.v = nn.Linear(self.cr, dim, bias=qkv_bias)
+        self.q = TokenLinear(dim, self.cr, bias=qkv_bias)
+        self.k = TokenLinear(self.cr, self.cr, bias=qkv_bias)
+        self.v = TokenLinear(self.cr, dim, bias=qkv_bias)
         self.cpe = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = TokenLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
@@ -332,10 +331,10 @@ class GatedMLP(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int, act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = TokenLinear(in_features, hidden_features)
         self.act = act_layer()
         self.sg = SpatialGate(hidden_features // 2)
-        self.fc2 = nn.Linear(hidden_features // 2, in_features)
+        self.fc2 = TokenLinear(hidden_features // 2, in_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
