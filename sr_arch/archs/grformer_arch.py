@@ -42,7 +42,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, UpsampleOneStep, WindowSize, add_shift_mask,
                                      attention, build_variant, init_transformer_weights, pad_to_multiple,
-                                     share_mask_scratch, TokenLinear,
+                                     share_mask_scratch, TokenConv2d, TokenLinear,
                                      relative_position_index, shifted_window_mask, size_caches_enabled,
                                      window_partition, window_reverse)
 
@@ -177,8 +177,8 @@ class DepthwiseConvBranch(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.depthwise_conv = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, 1, 1, groups=channels), nn.GELU(),
-            nn.Conv2d(channels, channels, 3, 1, 1, groups=channels))
+            TokenConv2d(channels, channels, 3, 1, 1, groups=channels), nn.GELU(),
+            TokenConv2d(channels, channels, 3, 1, 1, groups=channels))
 
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         b, _, c = x.shape
@@ -281,7 +281,7 @@ class GRSABGroup(nn.Module):
             GRSAB(dim, num_heads, window_size, shift_size=(0, 0) if i % 2 == 0 else half_window, index=i,
                   mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path[i], img_size=img_size)
             for i in range(depth)])
-        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.conv = TokenConv2d(dim, dim, 3, 1, 1)
 
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         for block in self.blocks:

@@ -32,7 +32,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Mlp, Upsample, attention,
                                      init_transformer_weights, relative_position_index, share_mask_scratch,
                                      shifted_window_mask, size_caches_enabled, to_2tuple, trunc_normal_,
-                                     TokenLinear, window_attention, window_partition, window_reverse)
+                                     TokenConv2d, TokenLinear, window_attention, window_partition,
+                                     window_reverse)
 
 def _trunc_normal(tensor: Tensor, std: float = 0.02) -> None:
     """``trunc_normal_``, skipped on the meta device (no values there; it is slow through torch's refs)."""
@@ -53,9 +54,9 @@ class CAB(nn.Module):
     def __init__(self, num_feat: int, compress_ratio: int = 3, squeeze_factor: int = 30):
         super().__init__()
         self.cab = nn.Sequential(
-            nn.Conv2d(num_feat, num_feat // compress_ratio, 3, 1, 1),
+            TokenConv2d(num_feat, num_feat // compress_ratio, 3, 1, 1),
             nn.GELU(),
-            nn.Conv2d(num_feat // compress_ratio, num_feat, 3, 1, 1),
+            TokenConv2d(num_feat // compress_ratio, num_feat, 3, 1, 1),
             ChannelAttention(num_feat, squeeze_factor),
         )
 
@@ -273,7 +274,7 @@ class RHAG(nn.Module):
     def __init__(self, dim: int, resi_connection: str = '1conv', **blocks_kwargs: Any):
         super().__init__()
         self.residual_group = AttenBlocks(dim=dim, **blocks_kwargs)
-        self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if resi_connection == '1conv' else nn.Identity()
+        self.conv = TokenConv2d(dim, dim, 3, 1, 1) if resi_connection == '1conv' else nn.Identity()
 
     def forward(self, x: Tensor, index_sa: Tensor, index_oca: Tensor, shift_mask: Tensor | None) -> Tensor:
         y = self.residual_group(x, index_sa, index_oca, shift_mask)

@@ -39,7 +39,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Upsample, attention, build_variant,
                                      init_transformer_weights, relative_position_index, share_mask_scratch,
-                                     shifted_window_mask, size_caches_enabled, TokenLinear, window_attention,
+                                     shifted_window_mask, size_caches_enabled, TokenConv2d, TokenLinear, window_attention,
                                      window_partition, window_reverse)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
@@ -233,7 +233,7 @@ class RectangleWindowAttention(nn.Module):
                 shift = (window[0] // 2, window[1] // 2)
                 mask = shifted_window_mask(OFFICIAL_MASK_RESOLUTION, OFFICIAL_MASK_RESOLUTION, window, shift)
             self.register_buffer(f'attn_mask_{i}', mask)
-        self.get_v = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
+        self.get_v = TokenConv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
 
     def shift_mask(self, branch: int, height: int, width: int) -> Tensor:
         """(num_windows, N, N) shift mask of one branch for a padded (height, width) map."""
@@ -282,14 +282,14 @@ class RecursiveGeneralizationAttention(nn.Module):
         self.num_heads = num_heads
         self.cr = int(dim * c_ratio)
         self.scale = qk_scale or (dim // num_heads * c_ratio) ** -0.5
-        self.reduction1 = nn.Conv2d(dim, dim, kernel_size=4, stride=4, groups=dim)  # shared by every recursion
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
-        self.conv = nn.Conv2d(dim, self.cr, kernel_size=1, stride=1)
+        self.reduction1 = TokenConv2d(dim, dim, kernel_size=4, stride=4, groups=dim)  # shared by every recursion
+        self.dwconv = TokenConv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
+        self.conv = TokenConv2d(dim, self.cr, kernel_size=1, stride=1)
         self.norm_act = nn.Sequential(nn.LayerNorm(self.cr), nn.GELU())
         self.q = TokenLinear(dim, self.cr, bias=qkv_bias)
         self.k = TokenLinear(self.cr, self.cr, bias=qkv_bias)
         self.v = TokenLinear(self.cr, dim, bias=qkv_bias)
-        self.cpe = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
+        self.cpe = TokenConv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
         self.proj = TokenLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -317,7 +317,7 @@ class SpatialGate(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.conv = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
+        self.conv = TokenConv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """(B, N, 2D) -> (B, N, D)."""
@@ -400,12 +400,12 @@ class RGTResidualGroup(nn.Module):
 def conv_after_blocks(dim: int, resi_connection: str) -> nn.Module:
     """The conv closing a residual group / the body: '1conv' (3x3) or '3conv' (3x3 -> 1x1 -> 3x3 at dim/4)."""
     if resi_connection == '1conv':
-        return nn.Conv2d(dim, dim, 3, 1, 1)
+        return TokenConv2d(dim, dim, 3, 1, 1)
     if resi_connection == '3conv':
         return nn.Sequential(
-            nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(negative_slope=0.2, inplace=True),
-            nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(negative_slope=0.2, inplace=True),
-            nn.Conv2d(dim // 4, dim, 3, 1, 1))
+            TokenConv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+            TokenConv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+            TokenConv2d(dim // 4, dim, 3, 1, 1))
     raise ValueError(f"RGT: resi_connection must be '1conv' or '3conv', got {resi_connection!r}")
 
 
