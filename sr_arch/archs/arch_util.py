@@ -153,8 +153,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, bias:
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    # CPU SDPA has no fused kernel for v wider than q/k (RGT's RG-SA); its math fallback is slower than plain
-    fused = _attention_backend == 'sdpa' and not (q.device.type == 'cpu' and q.shape[-1] != v.shape[-1])
+    # CPU SDPA has no fused kernel for v wider than q/k (RGT's RG-SA) nor for a mask that needs a gradient
+    # (a position bias in training); its math fallback is slower than the plain formula there
+    mask_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+    fused = _attention_backend == 'sdpa' and not (q.device.type == 'cpu' and (q.shape[-1] != v.shape[-1] or mask_grad))
     if fused:
         if bias is not None:
             # a mask with fewer dims than q sends CPU SDPA to its unfused math kernel (2.8x slower for

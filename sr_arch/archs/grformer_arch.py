@@ -25,6 +25,8 @@ Differences from the official file (behaviour is otherwise identical):
   network (a mask at 256x256 is 64 MiB; a copy per block was most of the peak memory); in eval mode without gradients the
   ES-RPB bias is cached too, keyed on the parameters' storage and version, so it is never stale.
 * Inputs smaller than the padding (e.g. 5x7) work: reflect padding repeats, then replicates.
+* Token-wise linear layers are ``arch_util.TokenLinear`` and the body convolutions ``TokenConv2d``
+  (``nn.Linear`` / ``nn.Conv2d`` with the same parameters and faster CPU kernels for token layouts).
 * Unknown constructor arguments and unsupported ``upsampler`` / ``resi_connection`` values raise
   instead of being swallowed.
 """

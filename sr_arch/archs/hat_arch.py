@@ -11,6 +11,8 @@ official option files' ``network_g`` sections and the released ``params_ema`` ch
 * the shift mask is cached per input size, and in eval mode (without autograd) the gathered bias
   tables are cached too, instead of being rebuilt in every forward;
 * ``use_checkpoint`` works (the official code stores it but never uses it);
+* token-wise linear layers are ``arch_util.TokenLinear`` and the CAB / group convolutions ``TokenConv2d``
+  (``nn.Linear`` / ``nn.Conv2d`` with the same parameters and faster CPU kernels for token layouts);
 * bad configurations fail at construction with a message naming the argument: ``upsampler`` other than
   ``'pixelshuffle'`` (the official code silently returns the input), unknown arguments, an overlap
   window the unfold cannot tile, an input whose H/W is not a multiple of ``window_size``.

@@ -21,8 +21,10 @@ Deliberate differences from the official file (none changes the outputs or the w
 attention runs through ``arch_util.attention`` (SDPA) with position bias and shift mask summed into
 one additive mask; shift masks of sizes other than 64x64 are cached; in eval mode without autograd
 the DynamicPosBias output is cached; gradient checkpointing uses the non-reentrant implementation;
-inputs too small for the recursion raise a ValueError naming the size instead of ``math domain error``;
-unknown constructor arguments raise instead of being swallowed by ``**kwargs``.
+token-wise linear layers and the convolutions inside the residual groups are ``TokenLinear`` /
+``TokenConv2d`` (same parameters, faster CPU kernels for token layouts); inputs too small for the
+recursion raise a ValueError naming the size instead of ``math domain error``; unknown constructor
+arguments raise instead of being swallowed by ``**kwargs``.
 """
 from __future__ import annotations
 
