@@ -417,6 +417,19 @@ class MeanShift(torch.nn.Module):
         return x / self.img_range + self.mean.to(x.dtype)
 
 
+def pixelshuffle_reconstruction(embed_dim: int, out_chans: int, upscale: int,
+                                 num_feat: int = 64) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """SwinIR's 'pixelshuffle' reconstruction as (conv_before_upsample, upsample, conv_last).
+
+    conv3x3 embed_dim -> num_feat + LeakyReLU, ``Upsample`` (pixel shuffle), conv3x3 num_feat -> out_chans:
+    (B, embed_dim, H, W) -> (B, out_chans, upscale*H, upscale*W) when applied in that order. Networks assign
+    the three to attributes of those names, the official state_dict keys.
+    """
+    conv_before_upsample = torch.nn.Sequential(torch.nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
+                                               torch.nn.LeakyReLU(inplace=True))
+    return conv_before_upsample, Upsample(upscale, num_feat), torch.nn.Conv2d(num_feat, out_chans, 3, 1, 1)
+
+
 def init_transformer_weights(module: torch.nn.Module) -> None:
     """Swin-style initialisation, for ``net.apply``: trunc-normal(0.02) Linear weights, zero biases, unit LayerNorm."""
     if isinstance(module, torch.nn.Linear):
@@ -429,8 +442,13 @@ def init_transformer_weights(module: torch.nn.Module) -> None:
         torch.nn.init.constant_(module.weight, 1.0)
 
 
+def variant_kwargs(family: str, variants: dict, name: str, upscale: int, **overrides) -> dict:
+    """Constructor arguments of the published variant ``variants[name]`` at ``upscale``; ``overrides`` win."""
+    if name not in variants:
+        raise KeyError(f'unknown {family} variant {name!r}; known: {sorted(variants)}')
+    return {**variants[name], 'upscale': upscale, **overrides}
+
+
 def build_variant(cls: type, variants: dict, name: str, upscale: int, **overrides):
     """Instantiate the published variant ``variants[name]`` of ``cls`` at ``upscale``; ``overrides`` win."""
-    if name not in variants:
-        raise KeyError(f'unknown {cls.__name__} variant {name!r}; known: {sorted(variants)}')
-    return cls(**{**variants[name], 'upscale': upscale, **overrides})
+    return cls(**variant_kwargs(cls.__name__, variants, name, upscale, **overrides))

@@ -42,11 +42,10 @@ from torch.utils.checkpoint import checkpoint
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, UpsampleOneStep, WindowSize, add_shift_mask,
-                                     attention, build_variant, init_transformer_weights, pad_to_multiple,
-                                     share_mask_scratch, TokenConv2d, TokenLinear,
-                                     relative_position_index, shifted_window_mask, size_caches_enabled,
-                                     window_partition, window_reverse)
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, TokenConv2d, TokenLinear, UpsampleOneStep,
+                                     WindowSize, add_shift_mask, attention, build_variant, init_transformer_weights,
+                                     pad_to_multiple, relative_position_index, share_mask_scratch,
+                                     shifted_window_mask, size_caches_enabled, window_partition, window_reverse)
 
 #: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.
 GRFORMER_VARIANTS: dict[str, dict[str, Any]] = {

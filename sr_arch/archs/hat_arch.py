@@ -31,11 +31,11 @@ from torch import Tensor, nn
 
 from basicsr.archs.rcan_arch import ChannelAttention
 from basicsr.utils.registry import ARCH_REGISTRY
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Mlp, Upsample, attention,
-                                     init_transformer_weights, relative_position_index, share_mask_scratch,
-                                     shifted_window_mask, size_caches_enabled, to_2tuple, trunc_normal_,
-                                     TokenConv2d, TokenLinear, window_attention, window_partition,
-                                     window_reverse)
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Mlp, TokenConv2d, TokenLinear, attention,
+                                     build_variant, init_transformer_weights, pixelshuffle_reconstruction,
+                                     relative_position_index, share_mask_scratch, shifted_window_mask,
+                                     size_caches_enabled, to_2tuple, trunc_normal_, variant_kwargs,
+                                     window_attention, window_partition, window_reverse)
 
 def _trunc_normal(tensor: Tensor, std: float = 0.02) -> None:
     """``trunc_normal_``, skipped on the meta device (no values there; it is slow through torch's refs)."""
@@ -371,17 +371,15 @@ class HAT(nn.Module):
         self.norm = norm_layer(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1) if resi_connection == '1conv' else nn.Identity()
 
-        num_feat = 64  # fixed in the official code
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
-        self.upsample = Upsample(upscale, num_feat)
-        self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+        self.conv_before_upsample, self.upsample, self.conv_last = pixelshuffle_reconstruction(
+            embed_dim, in_chans, upscale)
         self.apply(init_transformer_weights)
         self.mask_scratch = share_mask_scratch(self)
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'HAT':
         """Build a published variant, e.g. ``HAT.from_variant('HAT-L', 4)`` (see ``HAT_VARIANTS``)."""
-        return cls(**hat_variant_kwargs(name, upscale, **overrides))
+        return build_variant(cls, HAT_VARIANTS, name, upscale, **overrides)
 
 
     @torch.jit.ignore
@@ -487,9 +485,7 @@ HAT_VARIANTS: dict[str, dict[str, Any]] = {
 
 def hat_variant_kwargs(variant: str, upscale: int, **overrides: Any) -> dict[str, Any]:
     """Constructor arguments of a published variant ('HAT-S', 'HAT', 'HAT-L') at ``upscale``."""
-    if variant not in HAT_VARIANTS:
-        raise KeyError(f'unknown HAT variant {variant!r}; known: {sorted(HAT_VARIANTS)}')
-    return {**HAT_VARIANTS[variant], 'upscale': upscale, **overrides}
+    return variant_kwargs('HAT', HAT_VARIANTS, variant, upscale, **overrides)
 
 
 def build_hat(variant: str, upscale: int, **overrides: Any) -> HAT:

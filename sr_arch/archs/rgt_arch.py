@@ -39,10 +39,10 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Upsample, attention, build_variant,
-                                     init_transformer_weights, relative_position_index, share_mask_scratch,
-                                     shifted_window_mask, size_caches_enabled, TokenConv2d, TokenLinear, window_attention,
-                                     window_partition, window_reverse)
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, TokenConv2d, TokenLinear, attention,
+                                     build_variant, init_transformer_weights, pixelshuffle_reconstruction,
+                                     relative_position_index, share_mask_scratch, shifted_window_mask,
+                                     size_caches_enabled, window_attention, window_partition, window_reverse)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
 RGT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -429,7 +429,6 @@ class RGT(nn.Module):
                  c_ratio: float = 0.5, **kwargs: Any):
         super().__init__()
         _check_arguments(embed_dim, depth, num_heads, split_size, c_ratio, resi_connection, attn_drop_rate, kwargs)
-        num_feat = 64
         self.img_size = img_size
         self.upscale = upscale
         self.img_range = img_range
@@ -452,9 +451,8 @@ class RGT(nn.Module):
         self.norm = norm_layer(embed_dim)
         self.conv_after_body = conv_after_blocks(embed_dim, resi_connection)
 
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
-        self.upsample = Upsample(upscale, num_feat)
-        self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+        self.conv_before_upsample, self.upsample, self.conv_last = pixelshuffle_reconstruction(
+            embed_dim, in_chans, upscale)
         self.apply(init_transformer_weights)
         self.mask_scratch = share_mask_scratch(self)
 
