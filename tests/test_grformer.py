@@ -4,14 +4,12 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options,
-                     assert_matches_golden, golden_cases, load_manifests, make_paired_folder, photo,
-                     psnr_y, run_script, upscale_with)
+from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, assert_matches_golden, derive_options, golden_cases,
+                     heldout_psnrs, load_manifests, make_paired_folder, pooled_psnr, run_script)
 from sr_arch.archs.arch_util import attention_backend
 from sr_arch.archs.grformer_arch import GRFORMER_VARIANTS, GRFormer
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
@@ -187,11 +185,6 @@ def test_option_files_follow_the_recipe(scale):
     assert [d['name'] for d in test['datasets'].values()] == ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
 
 
-def pooled_psnr(psnrs: list[float]) -> float:
-    """PSNR of all held-out pixels together (the mean of the per-photo MSEs)."""
-    return float(-10 * np.log10(np.mean([10 ** (-p / 10) for p in psnrs])))
-
-
 def test_tiny_grformer_trains_from_our_option_file_and_beats_bicubic(tmp_path):
     scale, iters = 4, 500
     hr_dir, lr_dir = make_paired_folder(str(tmp_path / 'train'), scale, TRAIN_PHOTOS, max_side=192)
@@ -216,12 +209,7 @@ def test_tiny_grformer_trains_from_our_option_file_and_beats_bicubic(tmp_path):
     weights = extract_state_dict(load_checkpoint(str(tmp_path / 'experiments/tiny_grformer/models/net_g_latest.pth')))
     net = GRFormer(**{k: v for k, v in network.items() if k != 'type'})
     net.load_state_dict(weights, strict=True)
-    ours, bicubic = [], []
-    for name in HELDOUT_PHOTOS:
-        hr = photo(name, 128)
-        lr = bicubic_downsample(hr, scale)
-        ours.append(psnr_y(upscale_with(net, lr), hr, crop_border=scale))
-        bicubic.append(psnr_y(bicubic_upscale(lr, scale), hr, crop_border=scale))
+    ours, bicubic = heldout_psnrs(net, scale)
     print(f'held-out PSNR-Y x{scale}, all pixels pooled: GRFormer-tiny {pooled_psnr(ours):.2f} dB, '
           f'bicubic {pooled_psnr(bicubic):.2f} dB; per photo {HELDOUT_PHOTOS}: {[round(p, 2) for p in ours]} '
           f'vs {[round(p, 2) for p in bicubic]}')

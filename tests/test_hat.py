@@ -20,9 +20,9 @@ import yaml
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options,
-                     assert_matches_golden, golden_cases, load_golden, load_manifests, make_paired_folder, photo,
-                     psnr_y, run_script, upscale_with)
+from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, assert_matches_golden, bicubic_downsample,
+                     derive_options, golden_cases, heldout_psnrs, load_golden, load_manifests, make_paired_folder,
+                     photo, pooled_psnr, psnr_y, run_script, upscale_with)
 from sr_arch.archs.arch_util import pad_to_multiple
 from sr_arch.archs.hat_arch import HAT, HAT_VARIANTS, build_hat, hat_variant_kwargs
 from sr_arch.data.imagenet_paired_dataset import ImageNetPairedDataset, bicubic_lr, crop_pair_fast
@@ -426,11 +426,6 @@ def tiny_training(name: str, iters: int, train_data: dict) -> dict:
     }
 
 
-def pooled_psnr(psnrs: list[float]) -> float:
-    """PSNR of a set of equally sized images taken as one: from the mean of their MSEs."""
-    return float(10 * np.log10(1 / np.mean([10 ** (-p / 10) for p in psnrs])))
-
-
 def assert_beats_bicubic_on_heldout_photos(checkpoint: str, scale: int = 2) -> None:
     """The trained tiny HAT (params_ema) against bicubic on the held-out photos (128 px centre crops), Y-PSNR.
 
@@ -441,12 +436,7 @@ def assert_beats_bicubic_on_heldout_photos(checkpoint: str, scale: int = 2) -> N
     """
     net = HAT(**TINY, upscale=scale)
     net.load_state_dict(extract_state_dict(load_checkpoint(checkpoint), 'params_ema'), strict=True)
-    ours, bicubic = [], []
-    for name in HELDOUT_PHOTOS:
-        hr = photo(name, 128)
-        lr = bicubic_downsample(hr, scale)
-        ours.append(psnr_y(upscale_with(net, lr, pad_multiple=TINY['window_size']), hr, crop_border=scale))
-        bicubic.append(psnr_y(bicubic_upscale(lr, scale), hr, crop_border=scale))
+    ours, bicubic = heldout_psnrs(net, scale, pad_multiple=TINY['window_size'])
     print(f'held-out PSNR-Y x{scale} ({", ".join(HELDOUT_PHOTOS)}): tiny HAT {[round(p, 2) for p in ours]}, '
           f'bicubic {[round(p, 2) for p in bicubic]}; set {pooled_psnr(ours):.2f} vs {pooled_psnr(bicubic):.2f} dB, '
           f'mean {np.mean(ours):.2f} vs {np.mean(bicubic):.2f} dB')

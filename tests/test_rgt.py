@@ -13,9 +13,8 @@ import torch
 import yaml
 from basicsr.models import build_model
 
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options,
-                     assert_matches_golden, golden_cases, load_manifests, make_paired_folder, photo,
-                     psnr_y, run_script, upscale_with)
+from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, assert_matches_golden, derive_options, golden_cases,
+                     heldout_psnrs, load_manifests, make_paired_folder, photo, pooled_psnr, run_script)
 from sr_arch.archs.arch_util import plain_formulation
 from sr_arch.archs.rgt_arch import RGT, RGT_VARIANTS, min_padded_size, recursion_steps
 from sr_arch.utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint
@@ -29,15 +28,6 @@ RGT_MANIFEST = sorted(name for name, entry in load_manifests().items() if entry[
 
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
-
-def pooled_psnr(psnrs: list[float]) -> float:
-    """PSNR over all pixels of a set of equally sized images, from their per-image PSNRs (mean MSE).
-
-    Used instead of the mean of per-image PSNRs because one held-out photo (retina) is almost flat:
-    bicubic reaches 54 dB there, and a network trained for a minute is not that precise yet.
-    """
-    return float(-10 * np.log10(np.mean([10 ** (-p / 10) for p in psnrs])))
 
 
 def rgt_model(network: dict, scale: int, path: dict | None = None, **extra):
@@ -359,12 +349,7 @@ def test_tiny_rgt_trains_from_our_option_file_and_beats_bicubic(tmp_path):
     weights = extract_state_dict(load_checkpoint(str(tmp_path / 'experiments/tiny_rgt/models/net_g_latest.pth')))
     net = RGT(upscale=scale, **TINY)
     net.load_state_dict(weights, strict=True)
-    ours, bicubic = [], []
-    for name in HELDOUT_PHOTOS:
-        hr = photo(name, 128)
-        lr = bicubic_downsample(hr, scale)
-        ours.append(psnr_y(upscale_with(net, lr), hr, crop_border=scale))
-        bicubic.append(psnr_y(bicubic_upscale(lr, scale), hr, crop_border=scale))
+    ours, bicubic = heldout_psnrs(net, scale)
     set_ours, set_bicubic = pooled_psnr(ours), pooled_psnr(bicubic)
     print(f'held-out PSNR-Y x{scale} over the set: RGT-tiny {set_ours:.2f} dB, bicubic {set_bicubic:.2f} dB; '
           f'mean of per-photo PSNRs {np.mean(ours):.2f} vs {np.mean(bicubic):.2f}; '
