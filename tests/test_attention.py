@@ -133,3 +133,20 @@ def test_unfused_attention_in_query_slices_is_exact(monkeypatch, bias_rows):
     sliced = attention(q, k, v, 0.4, bias)
     assert sliced.shape == whole.shape
     assert (sliced - whole).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize('with_bias', [True, False])
+def test_grouped_token_linear_equals_the_layers_on_their_channel_groups(with_bias):
+    from sr_arch.archs.arch_util import grouped_token_linear
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(6, 4, bias=with_bias) for _ in range(3)]
+    x = torch.randn(2, 5, 7, 18)
+    expected = torch.cat([layer(x[..., 6 * g:6 * (g + 1)]) for g, layer in enumerate(layers)], dim=-1)
+    out = grouped_token_linear(x, layers)
+    assert out.shape == (2, 5, 7, 12)
+    assert (out - expected).abs().max().item() < 1e-6
+    with plain_formulation():
+        assert torch.equal(grouped_token_linear(x, layers), expected)  # the official per-slice layers
+    out.sum().backward()
+    assert all(layer.weight.grad is not None for layer in layers)

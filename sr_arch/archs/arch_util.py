@@ -119,6 +119,26 @@ class TokenConv2d(torch.nn.Conv2d):
         return self._conv_forward(x, self.weight.to(memory_format=torch.channels_last), self.bias)
 
 
+def grouped_token_linear(x: Tensor, layers: Sequence[torch.nn.Linear]) -> Tensor:
+    """``layers[g]`` applied to the g-th of ``len(layers)`` equal channel groups of (..., C) tokens, concatenated.
+
+    On CPU in float32 one grouped 1x1 convolution computes all groups from a channels-last view, without
+    slicing copies; elsewhere (and under ``plain_formulation()``) each layer runs on its channel slice.
+    """
+    group = x.shape[-1] // len(layers)
+    biases = [layer.bias for layer in layers]
+    uniform_bias = all(b is None for b in biases) or all(b is not None for b in biases)
+    if x.device.type != 'cpu' or x.dtype != torch.float32 or x.numel() == 0 or not _size_caches_enabled \
+            or not uniform_bias:
+        return torch.cat([layer(x[..., g * group:(g + 1) * group]) for g, layer in enumerate(layers)], dim=-1)
+    lead = x.shape[:-1]
+    image = x.reshape(1, lead.numel(), 1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, C, M, 1), channels-last
+    weight = torch.cat([layer.weight for layer in layers])  # (sum of out features, group)
+    bias = torch.cat(biases) if biases[0] is not None else None
+    out = F.conv2d(image, weight.view(weight.shape[0], group, 1, 1), bias, groups=len(layers))
+    return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])
+
+
 class Mlp(torch.nn.Module):
     """fc1 -> act -> dropout -> fc2 -> dropout on (..., C) tokens (basicsr/timm ``Mlp`` names; ``TokenLinear`` layers
     unless ``linear_layer`` says otherwise)."""

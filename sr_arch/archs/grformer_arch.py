@@ -43,9 +43,10 @@ from torch.utils.checkpoint import checkpoint
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, TokenConv2d, TokenLinear, UpsampleOneStep,
-                                     WindowSize, add_shift_mask, attention, build_variant, init_transformer_weights,
-                                     pad_to_multiple, relative_position_index, share_mask_scratch,
-                                     shifted_window_mask, size_caches_enabled, window_partition, window_reverse)
+                                     WindowSize, add_shift_mask, attention, build_variant, grouped_token_linear,
+                                     init_transformer_weights, pad_to_multiple, relative_position_index,
+                                     share_mask_scratch, shifted_window_mask, size_caches_enabled, window_partition,
+                                     window_reverse)
 
 #: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.
 GRFORMER_VARIANTS: dict[str, dict[str, Any]] = {
@@ -107,11 +108,9 @@ class GRSA(nn.Module):
 
     @staticmethod
     def _grouped(x: Tensor, first: nn.Module, second: nn.Module, residual: bool) -> Tensor:
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        if residual:
-            return torch.cat((x1 + first(x1), x2 + second(x2)), dim=-1)
-        return torch.cat((first(x1), second(x2)), dim=-1)
+        """``first`` on the first channel half, ``second`` on the second, concatenated (+ x when ``residual``)."""
+        out = grouped_token_linear(x, (first, second))
+        return x + out if residual else out
 
     def _compute_position_bias(self) -> Tensor:
         n = self.window_size[0] * self.window_size[1]
