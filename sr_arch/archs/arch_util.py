@@ -55,17 +55,19 @@ _size_caches_enabled = True
 
 
 def size_caches_enabled() -> bool:
-    """Whether networks may reuse shift masks / position-bias tables computed in an earlier forward."""
+    """Whether networks may reuse shift masks / position-bias tables computed in an earlier forward (and use
+    the lean CPU kernels: ``TokenLinear``, ``TokenConv2d``, ``MaskScratch``); False under ``plain_formulation()``."""
     return _size_caches_enabled
 
 
 @contextlib.contextmanager
 def plain_formulation() -> Iterator[None]:
-    """Run the networks as the official code does: plain softmax attention and no size/bias caches.
+    """Run the networks as the official code does: plain softmax attention, no caches, stock kernels.
 
     The baseline of ``benchmarks/speed.py`` and of the equivalence tests: inside this context every
-    forward rebuilds its shift masks and gathered position-bias tables and attention is computed as
-    ``softmax(q @ k^T * scale + bias) @ v``.
+    forward rebuilds its shift masks and gathered position-bias tables, attention is computed as
+    ``softmax(q @ k^T * scale + bias) @ v`` with the whole score matrix, and ``TokenLinear`` /
+    ``TokenConv2d`` / ``grouped_token_linear`` run as ``nn.Linear`` / ``nn.Conv2d`` / per-slice layers.
     """
     global _size_caches_enabled
     previous, _size_caches_enabled = _size_caches_enabled, False
@@ -80,8 +82,8 @@ class TokenLinear(torch.nn.Linear):
     """``nn.Linear`` over the last dim of (..., C) tokens; on CPU in float32 a 1x1 convolution computes it.
 
     The (M, C) token matrix is viewed as a channels-last (1, C, M, 1) image, so oneDNN's convolution,
-    which on CPU is 1.5-2.2x faster than the GEMM behind ``nn.Linear`` for SR-transformer token matrices
-    (forward and backward; ``benchmarks/linear_kernels.py``), runs without any copy of a contiguous input
+    which on CPU is about 2x faster than the GEMM behind ``nn.Linear`` for SR-transformer token matrices
+    (1.7-2.3x forward and backward on the development machine; ``benchmarks/linear_kernels.py``), runs without any copy of a contiguous input
     and returns token-major output. Same parameters, state_dict names and results (up to float rounding)
     as ``nn.Linear``; on other devices or dtypes, and under ``plain_formulation()``, it is ``nn.Linear``.
     """
@@ -107,8 +109,8 @@ class TokenConv2d(torch.nn.Conv2d):
 
     On CPU the weight is handed to the convolution in channels-last memory format too, so oneDNN runs
     its NHWC kernel on the tokens in place and returns token-major output; with the default weight
-    format PyTorch first copies the input to NCHW. 2.6x faster for HAT's CAB convolutions, 5-10x for
-    depthwise ones (``benchmarks/linear_kernels.py``). Same parameters, state_dict names and results
+    format PyTorch first copies the input to NCHW. 1.3-1.7x faster for HAT's CAB convolutions, 6-9x for
+    depthwise ones on the development machine (``benchmarks/linear_kernels.py``). Same parameters, state_dict names and results
     (up to float rounding) as ``nn.Conv2d``; on other devices and under ``plain_formulation()`` it is
     ``nn.Conv2d``.
     """
