@@ -168,11 +168,15 @@ def write_options(folder, opt: dict, filename: str = 'options.yml') -> str:
     return path
 
 
+def load_options(path: str) -> dict:
+    """An option file as a dict; ``path`` relative to the repository root (or absolute)."""
+    with open(os.path.join(REPO_ROOT, path)) as f:
+        return yaml.safe_load(f)
+
+
 def derive_options(src_yml: str, overrides: dict, dst_yml: str) -> dict:
     """Load one of our option files, apply ``overrides`` (deep merge) and write it to ``dst_yml``."""
-    with open(os.path.join(REPO_ROOT, src_yml)) as f:
-        opt = yaml.safe_load(f)
-    opt = deep_update(opt, overrides)
+    opt = deep_update(load_options(src_yml), overrides)
     with open(dst_yml, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
     return opt

@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 import time
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options,
-                     golden_cases, load_golden, load_manifests, make_paired_folder, photo, psnr_y, run_script,
+from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options, golden_cases,
+                     load_golden, load_manifests, load_options, make_paired_folder, photo, psnr_y, run_script,
                      upscale_with)
 from sr_arch.archs import esrt_arch
 from sr_arch.archs.arch_util import attention_backend
@@ -253,14 +251,9 @@ def test_registered_and_built_from_options():
 
 # ---------------------------------------------------------------- option files
 
-def load_yaml(path: str) -> dict:
-    with open(os.path.join(REPO_ROOT, path)) as f:
-        return yaml.safe_load(f)
-
-
 @pytest.mark.parametrize('scale', SCALES)
 def test_train_options_follow_the_paper_recipe(scale):
-    opt = load_yaml(f'options/train/ESRT/train_ESRT_SRx{scale}_DIV2K.yml')
+    opt = load_options(f'options/train/ESRT/train_ESRT_SRx{scale}_DIV2K.yml')
     assert opt['name'] == f'train_ESRT_SRx{scale}_DIV2K'
     assert opt['model_type'] == 'SRArchModel' and opt['scale'] == scale and opt['num_gpu'] == 'auto'
     assert opt['network_g'] == {'type': 'ESRT', 'upscale': scale}
@@ -279,7 +272,7 @@ def test_train_options_follow_the_paper_recipe(scale):
 
 @pytest.mark.parametrize('scale', SCALES)
 def test_test_options_cover_the_five_benchmarks_with_crop_equal_scale(scale):
-    opt = load_yaml(f'options/test/ESRT/test_ESRT_SRx{scale}.yml')
+    opt = load_options(f'options/test/ESRT/test_ESRT_SRx{scale}.yml')
     assert opt['scale'] == scale and opt['network_g'] == {'type': 'ESRT', 'upscale': scale}
     names = ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
     assert [d['name'] for d in opt['datasets'].values()] == names

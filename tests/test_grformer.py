@@ -1,15 +1,13 @@
 """GRFormer: official equivalence, any input size, state_dict layout, gradient checkpointing, training."""
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import torch
-import yaml
 
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, assert_matches_golden, derive_options, golden_cases,
-                     heldout_psnrs, load_manifests, make_paired_folder, pooled_psnr, run_script)
+from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, assert_matches_golden, derive_options, golden_cases, heldout_psnrs,
+                     load_manifests, load_options, make_paired_folder, pooled_psnr, run_script)
 from sr_arch.archs.arch_util import attention_backend
 from sr_arch.archs.grformer_arch import GRFORMER_VARIANTS, GRFormer
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
@@ -165,10 +163,8 @@ def test_variant_builder_rejects_unknown_names():
 
 @pytest.mark.parametrize('scale', SCALES)
 def test_option_files_follow_the_recipe(scale):
-    with open(os.path.join(REPO_ROOT, f'options/train/GRFormer/train_GRFormer_light_SRx{scale}_scratch.yml')) as f:
-        train = yaml.safe_load(f)
-    with open(os.path.join(REPO_ROOT, f'options/test/GRFormer/test_GRFormer_light_SRx{scale}.yml')) as f:
-        test = yaml.safe_load(f)
+    train = load_options(f'options/train/GRFormer/train_GRFormer_light_SRx{scale}_scratch.yml')
+    test = load_options(f'options/test/GRFormer/test_GRFormer_light_SRx{scale}.yml')
     variant = {**GRFORMER_VARIANTS['GRFormer-light'], 'upscale': scale}
     for opt in (train, test):
         assert opt['model_type'] == 'GRModel' and opt['scale'] == scale

@@ -20,9 +20,9 @@ import yaml
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, assert_matches_golden, bicubic_downsample,
-                     derive_options, golden_cases, heldout_psnrs, load_golden, load_manifests, make_paired_folder,
-                     photo, pooled_psnr, psnr_y, run_script, upscale_with)
+from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, assert_matches_golden, bicubic_downsample, derive_options,
+                     golden_cases, heldout_psnrs, load_golden, load_manifests, load_options, make_paired_folder, photo,
+                     pooled_psnr, psnr_y, run_script, upscale_with)
 from sr_arch.archs.arch_util import pad_to_multiple
 from sr_arch.archs.hat_arch import HAT, HAT_VARIANTS, build_hat, hat_variant_kwargs
 from sr_arch.data.imagenet_paired_dataset import ImageNetPairedDataset, bicubic_lr, crop_pair_fast
@@ -44,11 +44,6 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 def to_tensor(img_rgb_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img_rgb_uint8)).permute(2, 0, 1).float()[None] / 255.0
-
-
-def read_yaml(path: str) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
 
 
 # ---------------------------------------------------------------------------------------------- the arch
@@ -349,7 +344,7 @@ OUR_OPTIONS = [p for p in TRAIN_OPTIONS + TEST_OPTIONS if os.path.basename(p) no
 
 @pytest.mark.parametrize('path', OUR_OPTIONS, ids=os.path.basename)
 def test_option_file_is_a_published_variant_with_fixed_official_bugs(path):
-    opt = read_yaml(path)
+    opt = load_options(path)
     text = open(path).read()
     base = os.path.basename(path)[:-4]
     model, scale = base.split('_')[1], int(base.split('_SRx')[1][0])

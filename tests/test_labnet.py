@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
 
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, bicubic_upscale, derive_options, golden_cases,
-                     load_golden, load_manifests, photo, psnr_y, run_script)
+from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, bicubic_upscale, derive_options, golden_cases, load_golden,
+                     load_manifests, load_options, photo, psnr_y, run_script)
 from sr_arch.archs.labnet_arch import LABNET_SCALES, LABNET_VARIANTS, OFFICIAL_NUM_BLOCKS, LabNet
 from sr_arch.data import gaussian8
 from sr_arch.data.blind_sr_dataset import BlindSRDataset, blur, degrade, gaussian_kernel
@@ -306,14 +305,9 @@ def test_average_over_widths():
 # ----------------------------------------------------------------------------------------------------------
 # option files
 
-def load_yml(path: str) -> dict:
-    with open(os.path.join(REPO_ROOT, path)) as f:
-        return yaml.safe_load(f)
-
-
 @pytest.mark.parametrize('scale', LABNET_SCALES)
 def test_option_files_follow_the_official_recipe(scale):
-    train = load_yml(f'options/train/LabNet/train_LabNet_SRx{scale}.yml')
+    train = load_options(f'options/train/LabNet/train_LabNet_SRx{scale}.yml')
     data = train['datasets']['train']
     assert (train['model_type'], train['scale'], train['pad_multiple']) == ('SRArchModel', scale, 4)
     assert (data['type'], data['gt_size'] // scale, data['batch_size_per_gpu']) == ('BlindSRDataset', 64, 20)
@@ -325,7 +319,7 @@ def test_option_files_follow_the_official_recipe(scale):
     assert opt['pixel_opt']['type'] == 'L1Loss'
     assert train['network_g'] == {'type': 'LabNet', 'nf': 64, 'upscale': scale, 'residual_antialias': True}
 
-    test = load_yml(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml')
+    test = load_options(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml')
     names = [d['name'] for d in test['datasets'].values()]
     expected = [gaussian8.dataset_name(s, w)
                 for s in gaussian8.BENCHMARK_SETS for w in gaussian8.gaussian8_sigmas(scale)]
@@ -373,7 +367,7 @@ def test_tiny_labnet_trains_and_tests_with_our_option_files_and_beats_bicubic_on
     torch.save(dict(weights), released)
     assert gaussian8.main(['--input', str(tmp_path / 'datasets' / 'benchmark'), '--sets', 'Set5',
                            '--scales', str(scale), '--output', str(tmp_path / 'datasets' / 'benchmark_gaussian8')]) == 0
-    test_yml = load_yml(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml')
+    test_yml = load_options(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml')
     other_sets = {key: None for key, d in test_yml['datasets'].items() if not d['name'].startswith('Set5_')}
     derive_options(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml', {
         'num_gpu': 0, 'datasets': other_sets, 'network_g': network,

@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
-from helpers import REPO_ROOT, HELDOUT_PHOTOS, TRAIN_PHOTOS, deep_update, derive_options, photo, run_script
+from helpers import HELDOUT_PHOTOS, TRAIN_PHOTOS, deep_update, derive_options, load_options, photo, run_script
 
 from basicsr.data import build_dataset
 from basicsr.models import build_model
@@ -31,11 +30,6 @@ TINY_LABNET = {'type': 'LabNet', 'nf': 16, 'upscale': 4, 'num_blocks': [1, 1, 1,
 TINY_HAT = {'embed_dim': 24, 'depths': [2], 'num_heads': [2], 'window_size': 8, 'mlp_ratio': 2, 'img_size': 32,
             'squeeze_factor': 4}
 TINY_DISCRIMINATOR = {'type': 'UNetDiscriminatorSN', 'num_in_ch': 3, 'num_feat': 8, 'skip_connection': True}
-
-
-def load_yml(path: str) -> dict:
-    with open(os.path.join(REPO_ROOT, path)) as f:
-        return yaml.safe_load(f)
 
 
 def write_photos(folder: str, names, size: tuple[int, int]) -> str:
@@ -80,7 +74,7 @@ def runtime_options(opt: dict, root: str, is_train: bool) -> dict:
 
 
 def test_degradation_on_cpu_real_photos_gives_documented_sizes(tmp_path):
-    opt = deep_update(load_yml(REAL_HAT_MSE_OPT), tiny_real_training(str(tmp_path), gt_size=64, batch=2, queue=2))
+    opt = deep_update(load_options(REAL_HAT_MSE_OPT), tiny_real_training(str(tmp_path), gt_size=64, batch=2, queue=2))
     opt['network_g'].update(TINY_HAT)
     opt = runtime_options(opt, str(tmp_path), is_train=True)
     dataset = build_dataset(opt['datasets']['train'])
@@ -116,7 +110,7 @@ def test_degradation_on_cpu_real_photos_gives_documented_sizes(tmp_path):
 
 
 def test_degradation_option_errors_name_the_key(tmp_path):
-    opt = deep_update(load_yml(PSNR_OPT), tiny_real_training(str(tmp_path), batch=2, queue=5))
+    opt = deep_update(load_options(PSNR_OPT), tiny_real_training(str(tmp_path), batch=2, queue=5))
     opt['network_g'] = dict(TINY_LABNET)
     with pytest.raises(ValueError, match=r'test.yml: queue_size 5 must be a multiple of .*batch_size_per_gpu 2'):
         build_model(runtime_options(opt, str(tmp_path), is_train=True))
@@ -263,7 +257,7 @@ class OneImage(torch.utils.data.Dataset):
 
 
 def test_real_hat_test_model_pads_to_the_window_and_scores_niqe(tmp_path):
-    opt = load_yml(REAL_HAT_TEST_OPT)
+    opt = load_options(REAL_HAT_TEST_OPT)
     opt['network_g'].update(TINY_HAT)
     opt = runtime_options(opt, str(tmp_path), is_train=False)
     model = build_model(opt)
@@ -278,21 +272,21 @@ def test_real_hat_test_model_pads_to_the_window_and_scores_niqe(tmp_path):
 
 def test_real_hat_option_files_use_the_key_the_dataset_reads():
     for path, model_type in ((REAL_HAT_MSE_OPT, 'RealHATMSEModel'), (REAL_HAT_GAN_OPT, 'RealHATGANModel')):
-        opt = load_yml(path)
+        opt = load_options(path)
         train_set = opt['datasets']['train']
         assert opt['model_type'] == model_type and 'meta_info' in train_set and 'meta_info_file' not in train_set
         assert opt['network_g']['window_size'] == 16 and opt['train']['ema_decay'] == 0.999
-    gan = load_yml(REAL_HAT_GAN_OPT)
+    gan = load_options(REAL_HAT_GAN_OPT)
     assert gan['train']['optim_g']['lr'] == gan['train']['optim_d']['lr'] == 1e-4
     assert gan['train']['total_iter'] == 400000 and gan['train']['perceptual_opt']['type'] == 'VGGPerceptualLoss'
-    realnet_gan, realnet_psnr = load_yml(GAN_OPT), load_yml(PSNR_OPT)
+    realnet_gan, realnet_psnr = load_options(GAN_OPT), load_options(PSNR_OPT)
     assert realnet_psnr['train']['optim_g']['lr'] == 4e-4 and realnet_psnr['train']['total_iter'] == 300000
     assert realnet_gan['train']['optim_g']['lr'] == realnet_gan['train']['optim_d']['lr'] == 5e-5
     assert realnet_gan['train']['total_iter'] == 900000 and realnet_gan['path']['strict_load_g'] is True
 
 
 def test_real_hat_gan_option_file_runs_a_gan_step(tmp_path):
-    opt = deep_update(load_yml(REAL_HAT_GAN_OPT), tiny_real_training(str(tmp_path), gt_size=32, batch=1, queue=1))
+    opt = deep_update(load_options(REAL_HAT_GAN_OPT), tiny_real_training(str(tmp_path), gt_size=32, batch=1, queue=1))
     opt['network_g'].update(TINY_HAT)
     opt['network_d'] = TINY_DISCRIMINATOR
     opt['train']['perceptual_opt'].update(pretrained=False, layer_weights={'conv1_2': 0.1, 'conv2_2': 0.1})

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import resource
 import time
@@ -10,11 +9,10 @@ import time
 import numpy as np
 import pytest
 import torch
-import yaml
 from basicsr.models import build_model
 
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, assert_matches_golden, derive_options, golden_cases,
-                     heldout_psnrs, load_manifests, make_paired_folder, photo, pooled_psnr, run_script)
+from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, assert_matches_golden, derive_options, golden_cases, heldout_psnrs,
+                     load_manifests, load_options, make_paired_folder, photo, pooled_psnr, run_script)
 from sr_arch.archs.arch_util import plain_formulation
 from sr_arch.archs.rgt_arch import RGT, RGT_VARIANTS, min_padded_size, recursion_steps
 from sr_arch.utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint
@@ -265,8 +263,7 @@ def test_x3_x4_initialise_from_x2_weights_through_our_option_files(tmp_path, sca
     x2 = RGT(**TINY, upscale=2)
     x2_path = str(tmp_path / 'RGT_x2.pth')
     atomic_save({'params': x2.state_dict()}, x2_path)  # the released checkpoints' layout
-    with open(os.path.join(REPO_ROOT, f'options/train/RGT/train_RGT_S_SRx{scale}_from_x2.yml')) as f:
-        path_opt = yaml.safe_load(f)['path']
+    path_opt = load_options(f'options/train/RGT/train_RGT_S_SRx{scale}_from_x2.yml')['path']
     assert path_opt['strict_load_g'] is False and path_opt['pretrain_network_g'].endswith('RGT_S_x2.pth')
     log = _Warnings()
     logging.getLogger('basicsr').addHandler(log)
@@ -282,11 +279,6 @@ def test_x3_x4_initialise_from_x2_weights_through_our_option_files(tmp_path, sca
     assert all(not torch.equal(loaded[k], x2.state_dict()[k]) for k in skipped)
 
 
-def _option_file(path: str) -> dict:
-    with open(os.path.join(REPO_ROOT, path)) as f:
-        return yaml.safe_load(f)
-
-
 @pytest.mark.parametrize('model', ['RGT_S', 'RGT'])
 @pytest.mark.parametrize('scale', [2, 3, 4])
 def test_option_files_follow_the_official_recipe(model, scale):
@@ -294,7 +286,7 @@ def test_option_files_follow_the_official_recipe(model, scale):
     recipe = 'scratch' if scale == 2 else 'from_x2'
     train_file = f'options/train/RGT/train_{model}_SRx{scale}_{recipe}.yml'
     test_file = f'options/test/RGT/test_{model}_SRx{scale}.yml'
-    train, test = _option_file(train_file), _option_file(test_file)
+    train, test = load_options(train_file), load_options(test_file)
     validate_options(train, train_file, is_train=True, check_paths=False)
     validate_options(test, test_file, is_train=False, check_paths=False)
     for opt in (train, test):
