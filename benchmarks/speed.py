@@ -179,14 +179,18 @@ def _prepare(config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
     return net, x
 
 
+def run_child(flag: str, request: dict[str, Any], what: str) -> Any:
+    """``speed.py <flag> <request as JSON>`` in a fresh interpreter; the JSON on its last output line, or None."""
+    proc = subprocess.run([sys.executable, __file__, flag, json.dumps(request)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f'  {what} child failed: {proc.stderr.strip().splitlines()[-1:]}', file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def cpu_peak_memory_subprocess(config: dict[str, Any], formulation: str) -> int | None:
     """Run ``peak_memory_in_process`` for one configuration in a fresh interpreter; None if it failed."""
-    cmd = [sys.executable, __file__, '--memory-child', json.dumps({**config, 'formulation': formulation})]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f'  memory child failed ({formulation}): {proc.stderr.strip().splitlines()[-1:]}', file=sys.stderr)
-        return None
-    return int(proc.stdout.strip().splitlines()[-1])
+    return run_child('--memory-child', {**config, 'formulation': formulation}, f'memory ({formulation})')
 
 
 def _memory_child(config_json: str) -> None:
@@ -212,12 +216,7 @@ def latency_subprocess(config: dict[str, Any], repeats: int, warmup: int) -> dic
     """``latency_in_process`` in a fresh interpreter: the C allocator's state (glibc raises its mmap threshold
     after large frees, which makes later large allocations skip page faults) then depends on this network
     only, not on the networks measured before it."""
-    request = json.dumps(dict(config=config, repeats=repeats, warmup=warmup))
-    proc = subprocess.run([sys.executable, __file__, '--latency-child', request], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f'  latency child failed: {proc.stderr.strip().splitlines()[-1:]}', file=sys.stderr)
-        return {}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child('--latency-child', dict(config=config, repeats=repeats, warmup=warmup), 'latency') or {}
 
 
 def _latency_child(request_json: str) -> None:

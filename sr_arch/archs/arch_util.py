@@ -89,10 +89,14 @@ class TokenLinear(torch.nn.Linear):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != 'cpu' or x.dtype != torch.float32 or x.dim() < 2 or x.numel() == 0 \
-                or not _size_caches_enabled:
+        if x.dim() < 2 or not _lean_cpu_kernels_apply(x):
             return super().forward(x)
         return linear_as_conv1x1(x, self.weight, self.bias)
+
+
+def _lean_cpu_kernels_apply(x: Tensor) -> bool:
+    """Whether ``TokenLinear`` / ``grouped_token_linear`` may take their convolution path for ``x``."""
+    return x.device.type == 'cpu' and x.dtype == torch.float32 and x.numel() > 0 and _size_caches_enabled
 
 
 def linear_as_conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -130,8 +134,7 @@ def grouped_token_linear(x: Tensor, layers: Sequence[torch.nn.Linear]) -> Tensor
     group = x.shape[-1] // len(layers)
     biases = [layer.bias for layer in layers]
     uniform_bias = all(b is None for b in biases) or all(b is not None for b in biases)
-    if x.device.type != 'cpu' or x.dtype != torch.float32 or x.numel() == 0 or not _size_caches_enabled \
-            or not uniform_bias:
+    if not (uniform_bias and _lean_cpu_kernels_apply(x)):
         return torch.cat([layer(x[..., g * group:(g + 1) * group]) for g, layer in enumerate(layers)], dim=-1)
     lead = x.shape[:-1]
     image = x.reshape(1, lead.numel(), 1, x.shape[-1]).permute(0, 3, 1, 2)  # (1, C, M, 1), channels-last

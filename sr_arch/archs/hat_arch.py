@@ -393,15 +393,13 @@ class HAT(nn.Module):
     def shift_mask(self, height: int, width: int, device: torch.device) -> Tensor:
         """(nW, ws*ws, ws*ws) shifted-window mask for an (height, width) feature map, cached per size."""
         key = (height, width, device)
-        if not size_caches_enabled():
-            self._shift_mask_cache = None
-            ws, shift = self.window_size, self.shift_size
-            return shifted_window_mask(height, width, (ws, ws), (shift, shift), SHIFT_MASK_FILL, device=device)
-        if self._shift_mask_cache is None or self._shift_mask_cache[0] != key:
-            ws, shift = self.window_size, self.shift_size
-            mask = shifted_window_mask(height, width, (ws, ws), (shift, shift), SHIFT_MASK_FILL, device=device)
-            self._shift_mask_cache = (key, mask)
-        return self._shift_mask_cache[1]
+        cached = self._shift_mask_cache
+        if size_caches_enabled() and cached is not None and cached[0] == key:
+            return cached[1]
+        ws, shift = self.window_size, self.shift_size
+        mask = shifted_window_mask(height, width, (ws, ws), (shift, shift), SHIFT_MASK_FILL, device=device)
+        self._shift_mask_cache = (key, mask) if size_caches_enabled() else None
+        return mask
 
     def check_input_size(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.conv_first.in_channels:
