@@ -90,11 +90,11 @@ def test_persistent_mask_path_equals_on_the_fly_path():
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(with_buffers(x), on_the_fly(x), atol=1e-6)
-    assert not with_buffers.layers[0].blocks[1]._mask_cache
+    assert not with_buffers.layers[0].blocks[1].shift_masks.masks
     blocks = on_the_fly.layers[0].blocks
-    assert blocks[1]._mask_cache is blocks[3]._mask_cache  # one cache per network, keyed by window
-    assert list(blocks[1]._mask_cache) == [(32, 32, blocks[i].window_size, blocks[i].shift_size, torch.device('cpu'))
-                                           for i in (1, 3)]
+    assert blocks[1].shift_masks is blocks[3].shift_masks  # one cache per network, keyed by window
+    assert list(blocks[1].shift_masks.masks) == [
+        (32, 32, blocks[i].window_size, blocks[i].shift_size, torch.device('cpu')) for i in (1, 3)]
 
 
 def test_position_bias_cache_is_never_stale():

@@ -58,10 +58,10 @@ def test_plain_formulation_rebuilds_grformer_masks_and_bias():
     block = next(m for m in net.modules() if type(m).__name__ == 'GRSAB' and m.shifted)
     with torch.no_grad(), plain_formulation():
         net(torch.rand(1, 3, 16, 32))
-    assert block._mask_cache == {} and block.attn._position_bias_cache is None
+    assert block.shift_masks.masks == {} and block.attn._position_bias_cache is None
     with torch.no_grad():
         net(torch.rand(1, 3, 16, 32))
-    assert len(block._mask_cache) == 1 and block.attn._position_bias_cache is not None
+    assert len(block.shift_masks.masks) == 1 and block.attn._position_bias_cache is not None
 
 
 def test_benchmark_writes_json_and_markdown(tmp_path):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,11 +81,11 @@ def plain_formulation() -> Iterator[None]:
 class TokenLinear(torch.nn.Linear):
     """``nn.Linear`` over the last dim of (..., C) tokens; on CPU in float32 a 1x1 convolution computes it.
 
-    The (M, C) token matrix is viewed as a channels-last (1, C, M, 1) image, so oneDNN's convolution,
-    which on CPU is about 2x faster than the GEMM behind ``nn.Linear`` for SR-transformer token matrices
-    (1.7-2.3x forward and backward on the development machine; ``benchmarks/linear_kernels.py``), runs without any copy of a contiguous input
-    and returns token-major output. Same parameters, state_dict names and results (up to float rounding)
-    as ``nn.Linear``; on other devices or dtypes, and under ``plain_formulation()``, it is ``nn.Linear``.
+    The (M, C) token matrix is viewed as a channels-last (1, C, M, 1) image, so oneDNN's convolution, which on CPU
+    is about 2x faster than the GEMM behind ``nn.Linear`` for SR-transformer token matrices (1.7-2.3x forward and
+    backward on the development machine; ``benchmarks/linear_kernels.py``), runs without any copy of a contiguous
+    input and returns token-major output. Same parameters, state_dict names and results (up to float rounding) as
+    ``nn.Linear``; on other devices or dtypes, and under ``plain_formulation()``, it is ``nn.Linear``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -111,12 +111,11 @@ def linear_as_conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 class TokenConv2d(torch.nn.Conv2d):
     """``nn.Conv2d`` for feature maps that are views of (B, H*W, C) tokens (channels-last memory).
 
-    On CPU the weight is handed to the convolution in channels-last memory format too, so oneDNN runs
-    its NHWC kernel on the tokens in place and returns token-major output; with the default weight
-    format PyTorch first copies the input to NCHW. 1.3-1.7x faster for HAT's CAB convolutions, 6-9x for
-    depthwise ones on the development machine (``benchmarks/linear_kernels.py``). Same parameters, state_dict names and results
-    (up to float rounding) as ``nn.Conv2d``; on other devices and under ``plain_formulation()`` it is
-    ``nn.Conv2d``.
+    On CPU the weight is handed to the convolution in channels-last memory format too, so oneDNN runs its NHWC
+    kernel on the tokens in place and returns token-major output; with the default weight format PyTorch first
+    copies the input to NCHW. 1.3-1.7x faster for HAT's CAB convolutions, 6-9x for depthwise ones on the development
+    machine (``benchmarks/linear_kernels.py``). Same parameters, state_dict names and results (up to float rounding)
+    as ``nn.Conv2d``; on other devices and under ``plain_formulation()`` it is ``nn.Conv2d``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -226,7 +225,7 @@ class MaskScratch:
     A shifted-window block adds its (heads, N, N) position bias to the (nW, N, N) shift mask: 12-25 MiB
     per block at a 64x64 input, hundreds of MiB at 256x256. Allocating that afresh in every block costs
     more than the attention itself on CPU (fresh pages fault in). A network owns one ``MaskScratch``
-    shared by its blocks (``share_mask_scratch``) and runs its forward inside ``forward_scope()``:
+    shared by its blocks (``share_with_submodules``) and runs its forward inside ``forward_scope()``:
     blocks that run without autograd then write their sums into one buffer, which is dropped when the
     outermost forward ends, so nothing stays allocated between forwards. With autograd on (the sum may
     be saved for backward), outside a scope, or under ``plain_formulation()``, each sum is a new tensor.
@@ -259,13 +258,43 @@ class MaskScratch:
         return buffer
 
 
-def share_mask_scratch(network: torch.nn.Module) -> MaskScratch:
-    """Give every submodule with a ``mask_scratch`` attribute one common ``MaskScratch``; returns it."""
-    scratch = MaskScratch()
+def share_with_submodules(network: torch.nn.Module, name: str, value: Any) -> Any:
+    """Set ``value`` (a cache or scratch object one network shares) on every submodule that declares the
+    attribute ``name``; returns ``value``."""
     for module in network.modules():
-        if hasattr(module, 'mask_scratch'):
-            module.mask_scratch = scratch
-    return scratch
+        if hasattr(module, name):
+            setattr(module, name, value)
+    return value
+
+
+class ShiftMaskCache:
+    """Shifted-window masks (``shifted_window_mask``) for the ``capacity`` most recent keys.
+
+    One per network, shared by its blocks (``share_with_submodules``), keyed on (height, width,
+    window_size, shift_size, device). A mask is as large as one head's attention over the whole image, so
+    only a few are kept; the oldest goes first. Masks are normal tensors even when first built under
+    ``inference_mode``. Under ``plain_formulation()`` every call builds a fresh mask, as the official code does.
+    """
+
+    def __init__(self, capacity: int, fill: float = -100.0):
+        self.capacity = capacity
+        self.fill = fill
+        self.masks: dict[tuple, Tensor] = {}
+
+    def get(self, height: int, width: int, window_size: WindowSize, shift_size: WindowSize,
+            device: torch.device) -> Tensor:
+        """(num_windows, Wh*Ww, Wh*Ww) mask of a (height, width) feature map."""
+        if not _size_caches_enabled:
+            return shifted_window_mask(height, width, window_size, shift_size, self.fill, device=device)
+        key = (height, width, window_size, shift_size, device)
+        mask = self.masks.get(key)
+        if mask is None:
+            while len(self.masks) >= self.capacity:
+                self.masks.pop(next(iter(self.masks)))
+            with torch.inference_mode(False):
+                mask = self.masks[key] = shifted_window_mask(height, width, window_size, shift_size, self.fill,
+                                                             device=device)
+        return mask
 
 
 def add_shift_mask(bias: Tensor, shift_mask: Tensor, scratch: MaskScratch | None = None) -> Tensor:

@@ -21,9 +21,10 @@ Differences from the official file (behaviour is otherwise identical):
 * ``use_checkpoint`` works (the official ``checkpoint.checkpoint(blk, x)`` drops ``x_size`` and crashes).
 * Attention runs through ``arch_util.attention`` (SDPA by default); the ES-RPB bias and shift mask
   form one additive mask and the per-head logit scale is folded into the normalised queries.
-* Shift masks for sizes other than ``img_size`` are cached per size, one cache shared by all blocks of a
-  network (a mask at 256x256 is 64 MiB; a copy per block was most of the peak memory); in eval mode without gradients the
-  ES-RPB bias is cached too, keyed on the parameters' storage and version, so it is never stale.
+* Shift masks for sizes other than ``img_size`` are cached per size, one ``ShiftMaskCache`` shared by all
+  blocks of a network (a mask at 256x256 is 64 MiB; a copy per block was most of the peak memory); in eval
+  mode without gradients the ES-RPB bias is cached too, keyed on the parameters' storage and version, so it
+  is never stale.
 * Inputs smaller than the padding (e.g. 5x7) work: reflect padding repeats, then replicates.
 * Token-wise linear layers are ``arch_util.TokenLinear`` and the body convolutions ``TokenConv2d``
   (``nn.Linear`` / ``nn.Conv2d`` with the same parameters and faster CPU kernels for token layouts).
@@ -42,11 +43,11 @@ from torch.utils.checkpoint import checkpoint
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, TokenConv2d, TokenLinear, UpsampleOneStep,
-                                     WindowSize, add_shift_mask, attention, build_variant, grouped_token_linear,
-                                     init_transformer_weights, pad_to_multiple, relative_position_index,
-                                     share_mask_scratch, shifted_window_mask, size_caches_enabled, window_partition,
-                                     window_reverse)
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, ShiftMaskCache, TokenConv2d, TokenLinear,
+                                     UpsampleOneStep, WindowSize, add_shift_mask, attention, build_variant,
+                                     grouped_token_linear, init_transformer_weights, pad_to_multiple,
+                                     relative_position_index, share_with_submodules, shifted_window_mask,
+                                     size_caches_enabled, window_partition, window_reverse)
 
 #: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.
 GRFORMER_VARIANTS: dict[str, dict[str, Any]] = {
@@ -104,7 +105,7 @@ class GRSA(nn.Module):
         self.v1, self.v2 = TokenLinear(half, half), TokenLinear(half, half)
         self.proj1, self.proj2 = TokenLinear(half, half), TokenLinear(half, half)
         self._position_bias_cache: tuple[tuple, Tensor] | None = None
-        self.mask_scratch: MaskScratch | None = None  # set by the network (share_mask_scratch)
+        self.mask_scratch: MaskScratch | None = None  # set by the network (share_with_submodules)
 
     @staticmethod
     def _grouped(x: Tensor, first: nn.Module, second: nn.Module, residual: bool) -> Tensor:
@@ -226,15 +227,15 @@ class GRSAB(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = DepthwiseConvFFN(dim, int(dim * mlp_ratio), drop)
         # persistent, as in the official checkpoints; None (absent from the state_dict) when unshifted
-        self.register_buffer('attn_mask', self._compute_mask(*self.img_size) if self.shifted else None)
-        self._mask_cache: dict[tuple, Tensor] = {}
+        mask = shifted_window_mask(*self.img_size, self.window_size, self.shift_size, SHIFT_MASK_FILL) \
+            if self.shifted else None
+        self.register_buffer('attn_mask', mask)
+        # the network replaces it with one cache shared by all its blocks (share_with_submodules)
+        self.shift_masks = ShiftMaskCache(_MASK_CACHE_SIZE, SHIFT_MASK_FILL)
 
     @property
     def shifted(self) -> bool:
         return self.shift_size[0] > 0
-
-    def _compute_mask(self, h: int, w: int, device: torch.device | None = None) -> Tensor:
-        return shifted_window_mask(h, w, self.window_size, self.shift_size, fill=SHIFT_MASK_FILL, device=device)
 
     def shift_mask(self, h: int, w: int, device: torch.device) -> Tensor | None:
         """Additive (nW, N, N) mask for an (h, w) map; None for unshifted blocks. Cached per size."""
@@ -242,15 +243,7 @@ class GRSAB(nn.Module):
             return None
         if (h, w) == self.img_size and self.attn_mask is not None:
             return self.attn_mask
-        if not size_caches_enabled():
-            return self._compute_mask(h, w, device)
-        key = (h, w, self.window_size, self.shift_size, device)
-        mask = self._mask_cache.get(key)
-        if mask is None:
-            if len(self._mask_cache) >= _MASK_CACHE_SIZE:
-                self._mask_cache.pop(next(iter(self._mask_cache)))
-            mask = self._mask_cache[key] = self._compute_mask(h, w, device)
-        return mask
+        return self.shift_masks.get(h, w, self.window_size, self.shift_size, device)
 
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         """(B, H*W, C) -> (B, H*W, C); ``x_size`` = (H, W)."""
@@ -358,11 +351,8 @@ class GRFormer(nn.Module):
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.upsample = UpsampleOneStep(upscale, embed_dim, in_chans)
         self.apply(init_transformer_weights)
-        self.mask_scratch = share_mask_scratch(self)
-        shared_mask_cache: dict[tuple, Tensor] = {}
-        for module in self.modules():
-            if isinstance(module, GRSAB):
-                module._mask_cache = shared_mask_cache
+        self.mask_scratch = share_with_submodules(self, 'mask_scratch', MaskScratch())
+        self.shift_masks = share_with_submodules(self, 'shift_masks', ShiftMaskCache(_MASK_CACHE_SIZE, SHIFT_MASK_FILL))
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> GRFormer:

@@ -31,11 +31,10 @@ from torch import Tensor, nn
 
 from basicsr.archs.rcan_arch import ChannelAttention
 from basicsr.utils.registry import ARCH_REGISTRY
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Mlp, TokenConv2d, TokenLinear, attention,
-                                     build_variant, init_transformer_weights, pixelshuffle_reconstruction,
-                                     relative_position_index, share_mask_scratch, shifted_window_mask,
-                                     size_caches_enabled, to_2tuple, trunc_normal_, variant_kwargs,
-                                     window_attention, window_partition, window_reverse)
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Mlp, ShiftMaskCache, TokenConv2d, TokenLinear,
+                                     attention, build_variant, init_transformer_weights, pixelshuffle_reconstruction,
+                                     relative_position_index, share_with_submodules, size_caches_enabled, to_2tuple,
+                                     trunc_normal_, variant_kwargs, window_attention, window_partition, window_reverse)
 
 def _trunc_normal(tensor: Tensor, std: float = 0.02) -> None:
     """``trunc_normal_``, skipped on the meta device (no values there; it is slow through torch's refs)."""
@@ -122,7 +121,7 @@ class WindowAttention(_PositionBiasCache, nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         _trunc_normal(self.relative_position_bias_table)
         self._init_position_bias_cache()
-        self.mask_scratch: MaskScratch | None = None  # set by the network (share_mask_scratch)
+        self.mask_scratch: MaskScratch | None = None  # set by the network (share_with_submodules)
 
     def forward(self, windows: Tensor, index: Tensor, shift_mask: Tensor | None = None) -> Tensor:
         """
@@ -343,7 +342,7 @@ class HAT(nn.Module):
         # the official rule: an img_size no larger than the window turns the shifted windows off
         shift_size = 0 if min(patches_resolution) <= window_size else window_size // 2
         self.shift_size = shift_size
-        self._shift_mask_cache: tuple[tuple, Tensor] | None = None
+        self.shift_masks = ShiftMaskCache(capacity=1, fill=SHIFT_MASK_FILL)
 
         self.register_buffer('relative_position_index_SA', relative_position_index((window_size, window_size)))
         self.register_buffer('relative_position_index_OCA',
@@ -374,7 +373,7 @@ class HAT(nn.Module):
         self.conv_before_upsample, self.upsample, self.conv_last = pixelshuffle_reconstruction(
             embed_dim, in_chans, upscale)
         self.apply(init_transformer_weights)
-        self.mask_scratch = share_mask_scratch(self)
+        self.mask_scratch = share_with_submodules(self, 'mask_scratch', MaskScratch())
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'HAT':
@@ -389,17 +388,6 @@ class HAT(nn.Module):
     @torch.jit.ignore
     def no_weight_decay_keywords(self) -> set[str]:
         return {'relative_position_bias_table'}
-
-    def shift_mask(self, height: int, width: int, device: torch.device) -> Tensor:
-        """(nW, ws*ws, ws*ws) shifted-window mask for an (height, width) feature map, cached per size."""
-        key = (height, width, device)
-        cached = self._shift_mask_cache
-        if size_caches_enabled() and cached is not None and cached[0] == key:
-            return cached[1]
-        ws, shift = self.window_size, self.shift_size
-        mask = shifted_window_mask(height, width, (ws, ws), (shift, shift), SHIFT_MASK_FILL, device=device)
-        self._shift_mask_cache = (key, mask) if size_caches_enabled() else None
-        return mask
 
     def check_input_size(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.conv_first.in_channels:
@@ -419,7 +407,8 @@ class HAT(nn.Module):
         if self.ape:
             tokens = tokens + self.absolute_pos_embed.view(1, h, w, c)
         tokens = self.pos_drop(tokens)
-        shift_mask = self.shift_mask(h, w, x.device) if self.shift_size else None
+        ws, shift = (self.window_size,) * 2, (self.shift_size,) * 2
+        shift_mask = self.shift_masks.get(h, w, ws, shift, x.device) if self.shift_size else None
         with self.mask_scratch.forward_scope():
             for layer in self.layers:
                 tokens = layer(tokens, self.relative_position_index_SA, self.relative_position_index_OCA, shift_mask)

@@ -28,7 +28,6 @@ arguments raise instead of being swallowed by ``**kwargs``.
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import Any, Sequence
@@ -39,9 +38,9 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, TokenConv2d, TokenLinear, attention,
-                                     build_variant, init_transformer_weights, pixelshuffle_reconstruction,
-                                     relative_position_index, share_mask_scratch, shifted_window_mask,
+from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, ShiftMaskCache, TokenConv2d, TokenLinear,
+                                     attention, build_variant, init_transformer_weights, pixelshuffle_reconstruction,
+                                     relative_position_index, share_with_submodules, shifted_window_mask,
                                      size_caches_enabled, window_attention, window_partition, window_reverse)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
@@ -104,16 +103,9 @@ def is_shifted_block(group_index: int, block_index: int) -> bool:
     return block_index % 4 == 0
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_shift_mask(height: int, width: int, window_size: tuple[int, int], device: torch.device) -> Tensor:
-    """Shift mask for a padded (height, width) map; shared by every L-SA block (same window, same size).
-
-    Two entries: the two branch windows of the current size. A mask is as large as one head's attention
-    matrix over the whole image, so masks of earlier sizes (validation images) are not kept.
-    """
-    shift = (window_size[0] // 2, window_size[1] // 2)
-    with torch.inference_mode(False):  # a normal tensor even if first built under inference_mode
-        return shifted_window_mask(height, width, window_size, shift, device=device)
+#: Shift masks kept per network for sizes other than 64x64: the two branch windows of the current size
+#: (masks of earlier sizes, e.g. other validation images, are dropped).
+SHIFT_MASK_CACHE_SIZE = 2
 
 
 class ImageToTokens(nn.Module):
@@ -169,7 +161,7 @@ class RectangleWindowBranch(nn.Module):
         self.register_buffer('rpe_biases', offsets.flatten(1).transpose(0, 1).contiguous().float())
         self.register_buffer('relative_position_index', relative_position_index(window_size))
         self._bias_cache: tuple[tuple, Tensor] | None = None
-        self.mask_scratch: MaskScratch | None = None  # set by the network (share_mask_scratch)
+        self.mask_scratch: MaskScratch | None = None  # set by the network (share_with_submodules)
 
     def _compute_position_bias(self) -> Tensor:
         n = self.window_size[0] * self.window_size[1]
@@ -236,13 +228,16 @@ class RectangleWindowAttention(nn.Module):
                 mask = shifted_window_mask(OFFICIAL_MASK_RESOLUTION, OFFICIAL_MASK_RESOLUTION, window, shift)
             self.register_buffer(f'attn_mask_{i}', mask)
         self.get_v = TokenConv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
+        # the network replaces it with one cache shared by all its L-SA blocks (share_with_submodules)
+        self.shift_masks = ShiftMaskCache(SHIFT_MASK_CACHE_SIZE)
 
     def shift_mask(self, branch: int, height: int, width: int) -> Tensor:
         """(num_windows, N, N) shift mask of one branch for a padded (height, width) map."""
         if height == OFFICIAL_MASK_RESOLUTION and width == OFFICIAL_MASK_RESOLUTION:
             return getattr(self, f'attn_mask_{branch}')
-        build = _cached_shift_mask if size_caches_enabled() else _cached_shift_mask.__wrapped__
-        return build(height, width, self.window_sizes[branch], self.get_v.weight.device)
+        window = self.window_sizes[branch]
+        shift = (window[0] // 2, window[1] // 2)
+        return self.shift_masks.get(height, width, window, shift, self.get_v.weight.device)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """(B, H*W, C) tokens -> (B, H*W, C)."""
@@ -454,7 +449,8 @@ class RGT(nn.Module):
         self.conv_before_upsample, self.upsample, self.conv_last = pixelshuffle_reconstruction(
             embed_dim, in_chans, upscale)
         self.apply(init_transformer_weights)
-        self.mask_scratch = share_mask_scratch(self)
+        self.mask_scratch = share_with_submodules(self, 'mask_scratch', MaskScratch())
+        self.shift_masks = share_with_submodules(self, 'shift_masks', ShiftMaskCache(SHIFT_MASK_CACHE_SIZE))
 
     @classmethod
     def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'RGT':
