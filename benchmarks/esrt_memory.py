@@ -70,7 +70,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     import sr_arch  # noqa: F401  (before basicsr)
-    from sr_arch.archs.arch_util import attention_backend
+    from sr_arch.archs.layers import attention_backend
     from sr_arch.archs.esrt_arch import ESRT
     from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 

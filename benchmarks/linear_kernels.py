@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import sr_arch  # noqa: F401  (before basicsr)
-from sr_arch.archs.arch_util import TokenConv2d, TokenLinear
+from sr_arch.archs.layers import TokenConv2d, TokenLinear
 
 #: (description, in features, out features): token-wise linear layers at embed_dim 180 (HAT, RGT)
 LINEAR_SHAPES = [('qkv 180->540', 180, 540), ('MLP fc1 180->360', 180, 360), ('proj 180->180', 180, 180),

@@ -6,7 +6,7 @@
 
 "ours" is the network as it ships (``F.scaled_dot_product_attention`` with the position bias and shift
 mask as one additive mask, shift masks and eval-time bias tables cached per input size); "plain" is the
-same network with the same weights inside ``arch_util.plain_formulation()``: plain
+same network with the same weights inside ``layers.plain_formulation()``: plain
 ``softmax(q @ k^T * scale + bias) @ v`` and every mask / bias table rebuilt in every forward, as the
 official code does.
 
@@ -42,59 +42,35 @@ import torch
 from torch import nn
 
 import sr_arch  # noqa: F401  (registers the archs; before any basicsr import)
-from sr_arch.archs.arch_util import plain_formulation
-from sr_arch.archs.esrt_arch import ESRT
-from sr_arch.archs.grformer_arch import GRFORMER_VARIANTS, GRFormer
-from sr_arch.archs.hat_arch import HAT_VARIANTS, HAT
-from sr_arch.archs.labnet_arch import LABNET_VARIANTS, LabNet
-from sr_arch.archs.rgt_arch import RGT_VARIANTS, RGT
+from sr_arch.archs import FAMILIES
+from sr_arch.archs.layers import plain_formulation
+from sr_arch.archs.spec import FamilySpec
 
 FORMULATIONS = ('ours', 'plain')
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
-DEFAULT_VARIANTS = ('HAT-S', 'HAT', 'HAT-L', 'RGT-S', 'RGT', 'GRFormer-light', 'ESRT', 'LabNet')
-
-#: --tiny: per-family overrides that keep the layer types but make a forward take milliseconds
-_TINY_OVERRIDES: dict[str, dict[str, Any]] = {
-    'HAT': dict(embed_dim=24, depths=[2], num_heads=[2], window_size=8, compress_ratio=3, squeeze_factor=6),
-    'RGT': dict(embed_dim=24, depth=[2], num_heads=[2], split_size=[4, 8]),
-    'GRFormer': dict(embed_dim=24, depths=(2,), num_heads=(2,), window_size=(4, 8)),
-    'ESRT': {},
-    'LabNet': dict(nf=16, num_blocks=(1, 1, 1, 1, 1, 1)),
-}
-
-
-def _variant_builders() -> dict[str, tuple[str, Callable[..., nn.Module], dict[str, Any]]]:
-    """Benchmark name -> (family, constructor, published kwargs without ``upscale``)."""
-    builders: dict[str, tuple[str, Callable[..., nn.Module], dict[str, Any]]] = {}
-    builders.update({name: ('HAT', HAT, kwargs) for name, kwargs in HAT_VARIANTS.items()})
-    builders.update({name: ('RGT', RGT, kwargs) for name, kwargs in RGT_VARIANTS.items()})
-    builders.update({name: ('GRFormer', GRFormer, kwargs) for name, kwargs in GRFORMER_VARIANTS.items()})
-    builders.update({name: ('LabNet', LabNet, kwargs) for name, kwargs in LABNET_VARIANTS.items()})
-    builders['ESRT'] = ('ESRT', ESRT, {})
-    return builders
-
-
-#: per family, the constructor arguments that list one entry per residual group
-_GROUP_ARGS = {'HAT': ('depths', 'num_heads'), 'RGT': ('depth', 'num_heads'), 'GRFormer': ('depths', 'num_heads')}
+def _variants() -> dict[str, tuple[FamilySpec, str]]:
+    """Benchmark name (the published variant's name) -> (family spec, variant)."""
+    return {name: (spec, name) for spec in FAMILIES.values() for name in spec.variants}
 
 
 def build_network(variant: str, scale: int, tiny: bool = False, groups: int | None = None) -> nn.Module:
     """A published variant at ``scale`` with seeded random weights.
 
-    ``tiny``: a shrunken one. ``groups``: keep only the first ``groups`` residual groups (same layers, widths,
-    windows and heads), a per-group proxy of the full network where a full run takes too long.
+    ``tiny``: the family's tiny configuration instead. ``groups``: keep only the first ``groups`` residual groups
+    (same layers, widths, windows and heads), a per-group proxy of the full network where a full run takes too
+    long.
     """
-    builders = _variant_builders()
-    if variant not in builders:
-        raise KeyError(f'speed.py: unknown variant {variant!r}; known: {sorted(builders)}')
-    family, constructor, kwargs = builders[variant]
-    kwargs = {**kwargs, 'upscale': scale, **(_TINY_OVERRIDES[family] if tiny else {})}
+    variants = _variants()
+    if variant not in variants:
+        raise KeyError(f'speed.py: unknown variant {variant!r}; known: {sorted(variants)}')
+    spec, name = variants[variant]
+    kwargs = spec.variant_kwargs(name, scale, **(spec.tiny if tiny else {}))
     if groups is not None:
-        if family not in _GROUP_ARGS:
-            raise ValueError(f'speed.py: --groups applies to {sorted(_GROUP_ARGS)}, not {variant!r}')
-        kwargs.update({key: list(kwargs[key])[:groups] for key in _GROUP_ARGS[family]})
+        if not spec.group_args:
+            raise ValueError(f'speed.py: --groups applies to networks with residual groups, not {variant!r}')
+        kwargs.update({key: list(kwargs[key])[:groups] for key in spec.group_args})
     torch.manual_seed(0)
-    return constructor(**kwargs)
+    return spec.cls(**kwargs)
 
 
 def formulation_context(formulation: str) -> contextlib.AbstractContextManager:
@@ -284,7 +260,7 @@ def _csv(value: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--variants', type=_csv, default=list(DEFAULT_VARIANTS))
+    parser.add_argument('--variants', type=_csv, default=list(_variants()), help='default: every published variant')
     parser.add_argument('--sizes', type=lambda s: [int(v) for v in _csv(s)], default=[64],
                         help='LR sizes (square) timed')
     parser.add_argument('--memory-sizes', type=lambda s: [int(v) for v in _csv(s)], default=[256],
@@ -298,13 +274,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
     parser.add_argument('--tiny', action='store_true', help='shrunken variants (smoke test)')
-    parser.add_argument('--groups', type=int, help='keep only the first N residual groups (HAT, RGT, GRFormer)')
+    parser.add_argument('--groups', type=int, help='keep only the first N residual groups (families whose spec has group_args)')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch\'s choice)')
     parser.add_argument('--out', type=Path, default=Path('experiments/benchmarks'))
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
     parser.add_argument('--latency-child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    known = _variant_builders()
+    known = _variants()
     for name in args.variants:
         if name not in known:
             parser.error(f'--variants: unknown variant {name!r}; known: {sorted(known)}')

@@ -38,11 +38,6 @@ HELDOUT_SIDE = 256  # held-out photos: centre crops of this size keep the benchm
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OPTIONS = os.path.join(REPO_ROOT, 'options', 'train', 'demo', 'train_demo_x2.yml')
-#: --arch presets: network_g without ``upscale`` (any other registered name is built with defaults)
-ARCH_PRESETS: dict[str, dict[str, Any]] = {
-    'ESRT': {'type': 'ESRT'},
-    'GRFormer': {'type': 'GRFormer', 'variant': 'GRFormer-light'},
-}
 LR_PATCH = 32
 
 
@@ -139,19 +134,24 @@ def prepare_data(data_root: str, scale: int, train_size: int = TRAIN_MAX_SIDE, h
 
 
 def network_options(arch: str, scale: int) -> dict[str, Any]:
-    """``network_g`` for ``--arch``: a preset (ESRT, GRFormer = GRFormer-light) or any registered name."""
+    """``network_g`` for ``--arch``: a family (its first published variant), a published variant name (e.g.
+    ``GRFormer-light``), or any other registered architecture with its defaults."""
     from basicsr.utils.registry import ARCH_REGISTRY
 
-    preset = dict(ARCH_PRESETS.get(arch, {'type': arch}))
-    if preset['type'] not in ARCH_REGISTRY:
-        raise DemoError(f'--arch {arch}: not a registered architecture (presets: {", ".join(ARCH_PRESETS)})')
-    variant = preset.pop('variant', None)
-    if variant:
-        from sr_arch.archs.grformer_arch import GRFORMER_VARIANTS
+    from sr_arch.archs import FAMILIES
 
-        preset.update(copy.deepcopy(GRFORMER_VARIANTS[variant]))
-    preset['upscale'] = scale
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()}
+    variants = {name: spec for spec in FAMILIES.values() for name in spec.variants}
+    if arch in FAMILIES:
+        spec = FAMILIES[arch]
+        network = {'type': spec.name, **spec.variant_kwargs(next(iter(spec.variants)), scale)}
+    elif arch in variants:
+        network = {'type': variants[arch].name, **variants[arch].variant_kwargs(arch, scale)}
+    elif arch in ARCH_REGISTRY:
+        network = {'type': arch, 'upscale': scale}
+    else:
+        raise DemoError(f'--arch {arch}: not a registered architecture or published variant (families: '
+                        f'{", ".join(FAMILIES)}; variants: {", ".join(variants)})')
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in copy.deepcopy(network).items()}
 
 
 def demo_options(base: dict[str, Any], args: argparse.Namespace, data: DemoData) -> dict[str, Any]:
@@ -204,25 +204,23 @@ class ImageScores:
 
 
 def load_trained_network(opt: dict[str, Any], checkpoint: str) -> Any:
-    """(network in eval mode, its model's padding hooks) from the options and a checkpoint."""
+    """The network of the options, in eval mode, with the checkpoint's weights."""
     from basicsr.archs import build_network
 
-    from sr_arch.infer import inference_hooks
     from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 
     net = build_network(copy.deepcopy(opt['network_g']))
     net.load_state_dict(extract_state_dict(load_checkpoint(checkpoint), 'params_ema', source=checkpoint), strict=True)
-    kwargs = {k: v for k, v in opt['network_g'].items() if k != 'type'}
-    return net.eval(), inference_hooks(opt['network_g']['type'], kwargs)
+    return net.eval()
 
 
-def super_resolve_bgr(net: Any, hooks: Any, lq_bgr: np.ndarray) -> np.ndarray:
+def super_resolve_bgr(net: Any, lq_bgr: np.ndarray) -> np.ndarray:
     """(h, w, 3) uint8 BGR -> (s*h, s*w, 3) uint8 BGR with the trained network."""
     import torch
 
     lq = torch.from_numpy(np.ascontiguousarray(lq_bgr[..., ::-1])).permute(2, 0, 1)[None].float() / 255.0
     with torch.no_grad():
-        sr = hooks.forward_any_size(net, lq)
+        sr = net(lq)
     sr = sr[0].clamp(0, 1).permute(1, 2, 0).numpy()[..., ::-1]
     return np.round(sr * 255.0).astype(np.uint8)
 
@@ -237,7 +235,7 @@ def side_by_side(*images: np.ndarray, gap: int = 4) -> np.ndarray:
     return np.concatenate(parts[:-1], axis=1)
 
 
-def benchmark(net: Any, hooks: Any, data: DemoData, scale: int, out_dir: str) -> list[ImageScores]:
+def benchmark(net: Any, data: DemoData, scale: int, out_dir: str) -> list[ImageScores]:
     """Score bicubic and the network on every held-out image; writes the side-by-side PNGs to ``out_dir``."""
     from basicsr.metrics import calculate_psnr, calculate_ssim
 
@@ -248,7 +246,7 @@ def benchmark(net: Any, hooks: Any, data: DemoData, scale: int, out_dir: str) ->
         gt = read_image(os.path.join(data.heldout_gt, name), cv2.IMREAD_COLOR)
         lq = read_image(os.path.join(data.heldout_lq, name), cv2.IMREAD_COLOR)
         bicubic = bicubic_resize(lq, scale)
-        sr = super_resolve_bgr(net, hooks, lq)
+        sr = super_resolve_bgr(net, lq)
         metrics = [fn(img, gt, crop_border=scale, test_y_channel=True)
                    for img in (bicubic, sr) for fn in (calculate_psnr, calculate_ssim)]
         scores.append(ImageScores(os.path.splitext(name)[0], *map(float, metrics)))
@@ -282,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--iters', type=int, default=600, help='training iterations (default 600)')
     parser.add_argument('--scale', type=int, default=2, choices=(2, 3, 4), help='upscaling factor (default 2)')
     parser.add_argument('--arch', default=None,
-                        help='network: ESRT, GRFormer (GRFormer-light), or any registered architecture with its '
-                             'default arguments (change them with --force_yml network_g:key=value); default: the '
+                        help='network: a family (its first published variant, e.g. GRFormer = GRFormer-light), a '
+                             'published variant (e.g. HAT-S), or any registered architecture with its default '
+                             'arguments (change them with --force_yml network_g:key=value); default: the '
                              "option file's network_g (ESRT)")
     parser.add_argument('--name', default=None, help='experiment name (default demo_<arch>_x<scale>)')
     parser.add_argument('--train-size', type=int, default=TRAIN_MAX_SIDE,
@@ -347,9 +346,9 @@ def _demo(args: argparse.Namespace) -> int:
     if not os.path.isfile(checkpoint):
         raise DemoError(f'training finished without writing {checkpoint}')
     print(f'[3/3] benchmark on the held-out photos ({checkpoint})', flush=True)
-    net, hooks = load_trained_network(opt, checkpoint)
+    net = load_trained_network(opt, checkpoint)
     result_dir = os.path.join(exp_dir, 'demo')
-    scores = benchmark(net, hooks, data, args.scale, result_dir)
+    scores = benchmark(net, data, args.scale, result_dir)
     timings['benchmark'] = time.time() - start
 
     table = format_table(scores, opt['network_g']['type'], args.scale)

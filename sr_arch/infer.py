@@ -4,6 +4,9 @@
 
 The architecture, variant and scale come from the checkpoint's state_dict (``sr_arch.utils.detect``);
 ``params_ema``, ``params``, raw state_dicts and ``module.`` prefixes all load (``sr_arch.utils.checkpoint``).
+Constructor arguments that no shape tells (``FamilySpec.checkpoint.stored_kwargs``, e.g. LabNet's
+``residual_antialias``) come from the checkpoint when this package wrote it, else from the family's
+convention for the official releases; ``--arch-option KEY=VALUE`` overrides them.
 Inputs: PNG, JPEG, WebP, TIFF, BMP, 8 or 16 bit; grayscale is run as RGB and written back as grayscale;
 an alpha channel is upscaled separately (bicubic) and re-attached. Folders are searched recursively and
 their tree is mirrored under ``--out``. A file that fails gets a one-line error naming it and the others
@@ -14,8 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -23,10 +26,6 @@ from torch import Tensor, nn
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp')
 _EIGHT_BIT_ONLY = ('.jpg', '.jpeg', '.webp', '.bmp')
-
-#: family (registry name) -> model_type whose inference hooks (padding, minimum size) the network needs
-FAMILY_MODEL_TYPES = {'HAT': 'HATModel', 'RGT': 'RGTModel', 'GRFormer': 'GRModel', 'ESRT': 'SRArchModel',
-                      'LabNet': 'SRArchModel'}
 
 _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -39,63 +38,77 @@ class InferenceError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A network ready for inference, with what ``super_resolve`` needs to run it on any size."""
+    """A network ready for inference (it takes any input size) and what was detected about it."""
 
     net: nn.Module
     detection: Any  # sr_arch.utils.detect.Detection
-    hooks: Any  # a model object used only for its padding hooks (see ``inference_hooks``)
 
     @property
     def scale(self) -> int:
         return self.detection.scale
 
+    @property
+    def pad_multiple(self) -> int:
+        """Tile sides that are multiples of this need no padding inside the network."""
+        from sr_arch.archs import family_spec
+
+        return family_spec(self.detection.family).size_rules(self.detection.kwargs).pad_multiple
+
     def forward(self, lq: Tensor) -> Tensor:
-        """(B, C, H, W) of any size -> (B, C, sH, sW), padded/cropped as the family's model does."""
-        return self.hooks.forward_any_size(self.net, lq)
+        """(B, C, H, W) of any size -> (B, C, sH, sW)."""
+        return self.net(lq)
 
 
-def inference_hooks(family: str, kwargs: dict[str, Any]) -> Any:
-    """An instance of the family's model class carrying only ``opt``, for its inference hooks.
+def checkpoint_kwargs(checkpoint: Any, family: str) -> dict[str, Any]:
+    """The constructor arguments no shape tells (``stored_kwargs`` of the family): those the checkpoint stores
+    (written by this package), else the family's convention for the official releases."""
+    from sr_arch.archs import family_spec
+    from sr_arch.archs.spec import NETWORK_KWARGS_KEY
 
-    ``default_pad_multiple``, ``default_min_input_size``, ``pad_input``, ``run_network`` and
-    ``forward_any_size`` only read ``self.opt``; creating the object without ``__init__`` reuses exactly
-    the padding rules the test pipeline uses, without building a second network or touching devices.
-    """
-    from basicsr.utils.registry import MODEL_REGISTRY
-
-    model_type = FAMILY_MODEL_TYPES.get(family, 'SRArchModel')
-    if model_type not in MODEL_REGISTRY:
-        model_type = 'SRArchModel'
-    model_cls = MODEL_REGISTRY.get(model_type)
-    hooks = model_cls.__new__(model_cls)
-    hooks.opt = {'network_g': {'type': family, **kwargs}, 'scale': kwargs['upscale'], 'val': {}, 'is_train': False,
-                 'name': 'infer'}
-    return hooks
+    convention = family_spec(family).checkpoint
+    stored = checkpoint.get(NETWORK_KWARGS_KEY) if isinstance(checkpoint, Mapping) else None
+    kwargs = dict(convention.official_kwargs)
+    if isinstance(stored, Mapping):
+        kwargs.update({k: v for k, v in stored.items() if k in convention.stored_kwargs})
+    return kwargs
 
 
 def load_model(path: str, param_key: str = 'params_ema', scale: int | None = None,
-               device: torch.device | str = 'cpu', dtype: torch.dtype = torch.float32) -> LoadedModel:
+               device: torch.device | str = 'cpu', dtype: torch.dtype = torch.float32,
+               arch_options: Mapping[str, Any] | None = None) -> LoadedModel:
     """Read a checkpoint, detect its network, build it and load the weights strictly.
 
-    Raises:
-        InferenceError: unreadable file, no known network, a scale other than ``scale``, or weights that
-            do not load (the message names the file and says what differs).
-    """
-    from basicsr.utils.registry import ARCH_REGISTRY
+    ``arch_options`` override constructor arguments (e.g. ``{'residual_antialias': False}``).
 
+    Raises:
+        InferenceError: unreadable file, no known network, a scale other than ``scale``, an unknown
+            ``arch_options`` name, or weights that do not load (the message names the file and says what differs).
+    """
+    from sr_arch.archs import family_spec
     from sr_arch.utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
     from sr_arch.utils.detect import (DetectionError, compare_state_dicts, describe_differences, detect_architecture,
                                       state_dict_shapes)
 
     try:
-        state_dict = extract_state_dict(load_checkpoint(path), param_key, source=path)
+        checkpoint = load_checkpoint(path)
+        state_dict = extract_state_dict(checkpoint, param_key, source=path)
         detection = detect_architecture(state_dict, source=path, verify=False)
     except (CheckpointError, DetectionError) as err:
         raise InferenceError(str(err)) from err
+    spec = family_spec(detection.family)
+    unknown = sorted(set(arch_options or {}) - set(spec.full_kwargs({})))
+    if unknown:
+        raise InferenceError(f'--arch-option {", ".join(unknown)}: not an argument of {spec.name} '
+                             f'(its arguments: {", ".join(spec.full_kwargs({}))})')
+    kwargs = {**detection.kwargs, **checkpoint_kwargs(checkpoint, detection.family), **(arch_options or {})}
+    detection = replace(detection, kwargs=kwargs)
     if scale is not None and scale != detection.scale:
         raise InferenceError(f'{path}: the checkpoint is {detection.describe()}, it cannot upscale x{scale} '
                              f'(leave --scale out or pass --scale {detection.scale})')
-    net = ARCH_REGISTRY.get(detection.family)(**detection.kwargs)
+    try:
+        net = spec.cls(**detection.kwargs)
+    except (TypeError, ValueError) as err:
+        raise InferenceError(f'{path}: {err}') from err
     try:
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
@@ -103,7 +116,7 @@ def load_model(path: str, param_key: str = 'params_ema', scale: int | None = Non
         raise InferenceError(f'{path}: looks like {detection.describe()} but its weights do not load: '
                              f'{describe_differences(*differences)}') from err
     net.eval().to(device=device, dtype=dtype)
-    return LoadedModel(net, detection, inference_hooks(detection.family, detection.kwargs))
+    return LoadedModel(net, detection)
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -235,7 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--ensemble', action='store_true', help='x8 self-ensemble (8x slower)')
     parser.add_argument('--suffix', default='', help='appended to output file names (default none)')
     parser.add_argument('--ext', help='output format, e.g. .png (default: same as the input)')
+    parser.add_argument('--arch-option', action='append', default=[], metavar='KEY=VALUE',
+                        help='override a constructor argument the weights cannot tell, e.g. '
+                        'residual_antialias=false for LabNet (YAML value; repeatable)')
     return parser
+
+
+def parse_arch_options(items: list[str]) -> dict[str, Any]:
+    """['residual_antialias=false'] -> {'residual_antialias': False} (values parsed as YAML)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, text = item.partition('=')
+        if not sep or not key.strip() or not text.strip():
+            raise InferenceError(f'--arch-option {item!r}: expected KEY=VALUE, e.g. residual_antialias=false')
+        try:
+            options[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise InferenceError(f'--arch-option {item!r}: {text!r} is not a valid value') from None
+    return options
 
 
 def _tiler(args: argparse.Namespace, multiple: int, device: torch.device) -> Any:
@@ -275,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device)
         if device.type == 'cuda' and not torch.cuda.is_available():
             raise InferenceError(f'--device {args.device}: CUDA is not available on this machine')
-        model = load_model(args.model, args.param_key, args.scale, device, _DTYPES[args.dtype])
-        tiler = _tiler(args, model.hooks.pad_multiple, device)
+        model = load_model(args.model, args.param_key, args.scale, device, _DTYPES[args.dtype],
+                           parse_arch_options(args.arch_option))
+        tiler = _tiler(args, model.pad_multiple, device)
     except InferenceError as err:
         print(f'sr-arch infer: error: {_one_line(str(err))}', file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@
   eval mode, CUDA synchronised).
 * Peak memory: CUDA: ``torch.cuda.max_memory_allocated`` during one forward, above the weights and the
   input; CPU: peak bytes of the tensors alive at once during the forward (``PeakMemoryTracker``).
-The input is padded like the family's model pads it (e.g. to a multiple of 16 for HAT).
+Any input size works: each network pads its input as its family does (e.g. to a multiple of 16 for HAT).
 """
 from __future__ import annotations
 
@@ -125,13 +125,13 @@ def format_table(rows: list[ProfileRow], fmt: str = 'md') -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sr_arch.utils.detect import FAMILY_MODULES
+    from sr_arch.archs import FAMILIES
 
     parser = argparse.ArgumentParser(prog='sr-arch profile',
                                      description='Parameters, MACs, latency and peak memory of an architecture.',
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--arch', choices=sorted(FAMILY_MODULES), help='architecture family')
+    source.add_argument('--arch', choices=sorted(FAMILIES), help='architecture family')
     source.add_argument('--model', metavar='CKPT', help='profile the network of a checkpoint (detected)')
     parser.add_argument('--variant', nargs='*', help='published variant(s), e.g. HAT-S (default: all of --arch)')
     parser.add_argument('--kwargs', type=json.loads, default={}, help='JSON constructor overrides, e.g. '
@@ -162,9 +162,8 @@ def _configurations(args: argparse.Namespace) -> list[tuple[str, str, dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     import sr_arch  # noqa: F401  (registers the architectures)
-    from basicsr.utils.registry import ARCH_REGISTRY
-
-    from sr_arch.infer import InferenceError, inference_hooks, load_model
+    from sr_arch.archs import family_spec
+    from sr_arch.infer import InferenceError, load_model
 
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)
@@ -184,10 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                                     loaded.detection.kwargs.get('in_chans', 3)))
     else:
         for name, family, kwargs in _configurations(args):
-            net = ARCH_REGISTRY.get(family)(**kwargs).eval().to(device=device, dtype=dtype)
-            hooks = inference_hooks(family, kwargs)
-            forward = lambda x, n=net, h=hooks: h.forward_any_size(n, x)  # noqa: E731
-            rows.append(profile_network(name, net, forward, kwargs['upscale'], args.size, device, dtype, args.batch,
+            net = family_spec(family).cls(**kwargs).eval().to(device=device, dtype=dtype)
+            rows.append(profile_network(name, net, net, kwargs['upscale'], args.size, device, dtype, args.batch,
                                         args.repeats, args.warmup, kwargs.get('in_chans', 3)))
             del net
     print(format_table(rows, args.format))

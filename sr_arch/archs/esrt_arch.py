@@ -15,12 +15,13 @@ module names, so raw official state_dicts (also with DataParallel's ``module.`` 
 
 Difference from the official code: memory. The official EMHA builds one (N/4)^2 score matrix per head
 and band (6.6 GB at a 320x180 LR input, 106 GB at 640x360; users OOM at 1280x720 output, issue #14).
-Here large bands go through ``arch_util.attention`` (``scaled_dot_product_attention``, which on CPU
+Here large bands go through ``layers.attention`` (``scaled_dot_product_attention``, which on CPU
 never builds the score matrix), so memory grows linearly with the image; small bands (score matrices
 of at most ``EXACT_SCORES_LIMIT`` elements, e.g. one 48x48 LR patch) use the official formula,
 bit-identical to the official code. The two differ only by
-float rounding (see ``band_attention``). ``with arch_util.attention_backend('plain'):`` restores the
-official formulation for every band (benchmarks, equivalence tests).
+float rounding (see ``band_attention``). ``with layers.attention_backend('plain'):`` restores the
+official formulation for every band (benchmarks, equivalence tests). Inputs smaller than 2x2 (the official
+code fails on them) are replicate-padded and the output cropped back.
 """
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from sr_arch.archs.arch_util import Mlp, Upsample, attention, get_attention_backend
+from sr_arch.archs.layers import Mlp, Upsample, attention, get_attention_backend, pad_to_size
+from sr_arch.archs.spec import FamilySpec, Shapes, pixelshuffle_scale, shape_of
 
-#: Published ESRT models: one per scale, everything else fixed by the paper (manifest names).
-ESRT_VARIANTS: dict[str, dict[str, Any]] = {
-    'ESRT x2': dict(upscale=2),
-    'ESRT x3': dict(upscale=3),
-    'ESRT x4': dict(upscale=4),
-}
+#: The published ESRT: everything is fixed by the paper but the scale (x2, x3, x4).
+ESRT_VARIANTS: dict[str, dict[str, Any]] = {'ESRT': {}}
+
+#: The LCB's 2x average pooling needs at least this many LR pixels per side; smaller inputs are padded.
+MIN_INPUT_SIZE = 2
 
 NUM_FEAT = 32  # LCB channels
 PATCH_SIZE = 3  # LTB unfolds PATCH_SIZE x PATCH_SIZE neighbourhoods into tokens
@@ -173,7 +174,7 @@ def band_bounds(num_tokens: int, num_bands: int = NUM_BANDS) -> list[tuple[int, 
 
 #: A band whose score matrix (batch x heads x band x band) has at most this many elements is computed
 #: with the official formula, which is bit-identical to the official code and cheap at that size;
-#: larger bands go through ``arch_util.attention`` (SDPA), whose memory grows only linearly.
+#: larger bands go through ``layers.attention`` (SDPA), whose memory grows only linearly.
 EXACT_SCORES_LIMIT = 1 << 22
 
 
@@ -192,7 +193,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, head_dim_multi
 
     Under ``attention_backend('plain')`` every band uses the official formula and materialises its
     (band x band) score matrix per head, exactly like the official code. Otherwise only bands up to
-    ``EXACT_SCORES_LIMIT`` score elements do; larger ones use ``arch_util.attention`` (SDPA, which
+    ``EXACT_SCORES_LIMIT`` score elements do; larger ones use ``layers.attention`` (SDPA, which
     on CPU never builds the score matrix); they differ from the official formula only by float
     rounding.
 
@@ -308,7 +309,7 @@ class ESRT(nn.Module):
     Args:
         upscale: 2, 3 or 4 (powers of two in general).
 
-    Shapes: (B, 3, H, W) RGB in [0, 1], H and W >= 2 -> (B, 3, upscale*H, upscale*W).
+    Shapes: (B, 3, H, W) RGB in [0, 1], any H and W -> (B, 3, upscale*H, upscale*W).
     Output = tail(reduce(body(head(x)))) + up(head(x)); the ``up`` skip branch ends in a ReLU.
     """
 
@@ -326,11 +327,10 @@ class ESRT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'ESRT expects a (B, 3, H, W) RGB batch, got shape {tuple(x.shape)}')
-        if min(x.shape[-2:]) < 2:
-            raise ValueError(f'ESRT needs LR inputs of at least 2x2 pixels (2x average pooling), '
-                             f'got {x.shape[-2]}x{x.shape[-1]}')
-        feat = self.head(x)
-        return self.tail(self.reduce(self.body(feat))) + self.up(feat)
+        h, w = x.shape[-2:]
+        feat = self.head(pad_to_size(x, MIN_INPUT_SIZE, MIN_INPUT_SIZE))
+        out = self.tail(self.reduce(self.body(feat))) + self.up(feat)
+        return out[..., :h * self.upscale, :w * self.upscale]
 
 
 def _strip_data_parallel_prefix(module: nn.Module, state_dict: 'OrderedDict[str, Tensor]', prefix: str,
@@ -343,3 +343,14 @@ def _strip_data_parallel_prefix(module: nn.Module, state_dict: 'OrderedDict[str,
     wrapped = prefix + 'module.'
     for key in [k for k in state_dict if k.startswith(wrapped)]:
         state_dict[prefix + key[len(wrapped):]] = state_dict.pop(key)
+
+
+def detect_esrt(shapes: Shapes, state_dict: Any) -> dict[str, Any]:
+    """Constructor kwargs of an ESRT state_dict: the scale, from the tail's pixel-shuffle convolutions."""
+    num_feat = shape_of(shapes, 'head.0.weight')[0]
+    shape_of(shapes, 'body.0.attention.atten.qkv.weight')
+    return dict(upscale=pixelshuffle_scale(shapes, 'tail.0', num_feat))
+
+
+FAMILY = FamilySpec(name='ESRT', cls=ESRT, variants=ESRT_VARIANTS, scales=(2, 3, 4), detect=detect_esrt, tiny={},
+                    min_size=lambda kwargs: MIN_INPUT_SIZE)

@@ -19,14 +19,14 @@ the official constructor arguments, state_dict names and buffers, so official ch
 Differences from the official file (behaviour is otherwise identical):
 
 * ``use_checkpoint`` works (the official ``checkpoint.checkpoint(blk, x)`` drops ``x_size`` and crashes).
-* Attention runs through ``arch_util.attention`` (SDPA by default); the ES-RPB bias and shift mask
+* Attention runs through ``layers.attention`` (SDPA by default); the ES-RPB bias and shift mask
   form one additive mask and the per-head logit scale is folded into the normalised queries.
 * Shift masks for sizes other than ``img_size`` are cached per size, one ``ShiftMaskCache`` shared by all
   blocks of a network (a mask at 256x256 is 64 MiB; a copy per block was most of the peak memory); in eval
-  mode without gradients the ES-RPB bias is cached too, keyed on the parameters' storage and version, so it
-  is never stale.
+  mode without gradients the ES-RPB bias is cached too (``layers.caches``: valid under EMA ``.data`` writes,
+  ``load_state_dict``, ``.to()``; bypassed while tracing).
 * Inputs smaller than the padding (e.g. 5x7) work: reflect padding repeats, then replicates.
-* Token-wise linear layers are ``arch_util.TokenLinear`` and the body convolutions ``TokenConv2d``
+* Token-wise linear layers are ``layers.TokenLinear`` and the body convolutions ``TokenConv2d``
   (``nn.Linear`` / ``nn.Conv2d`` with the same parameters and faster CPU kernels for token layouts).
 * Unknown constructor arguments and unsupported ``upsampler`` / ``resi_connection`` values raise
   instead of being swallowed.
@@ -34,6 +34,7 @@ Differences from the official file (behaviour is otherwise identical):
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Sequence
 
 import torch
@@ -43,11 +44,12 @@ from torch.utils.checkpoint import checkpoint
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, ShiftMaskCache, TokenConv2d, TokenLinear,
-                                     UpsampleOneStep, WindowSize, add_shift_mask, attention, build_variant,
-                                     grouped_token_linear, init_transformer_weights, pad_to_multiple,
-                                     relative_position_index, share_with_submodules, shifted_window_mask,
-                                     size_caches_enabled, window_partition, window_reverse)
+from sr_arch.archs.layers import (DerivedTensorCache, DropPath, MaskScratch, MeanShift, ShiftMaskCache, TokenConv2d,
+                                  TokenLinear, UpsampleOneStep, WindowSize, gather_position_bias, grouped_token_linear,
+                                  init_transformer_weights, multihead_window_attention, pad_to_multiple,
+                                  relative_position_index, share_with_submodules, shifted_window_mask, tracing,
+                                  window_partition, window_reverse)
+from sr_arch.archs.spec import FamilySpec, Shapes, group_counts, ratio, shape_of
 
 #: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.
 GRFORMER_VARIANTS: dict[str, dict[str, Any]] = {
@@ -104,7 +106,7 @@ class GRSA(nn.Module):
         self.k1, self.k2 = TokenLinear(half, half), TokenLinear(half, half)
         self.v1, self.v2 = TokenLinear(half, half), TokenLinear(half, half)
         self.proj1, self.proj2 = TokenLinear(half, half), TokenLinear(half, half)
-        self._position_bias_cache: tuple[tuple, Tensor] | None = None
+        self.bias_cache = DerivedTensorCache()
         self.mask_scratch: MaskScratch | None = None  # set by the network (share_with_submodules)
 
     @staticmethod
@@ -114,29 +116,13 @@ class GRSA(nn.Module):
         return x + out if residual else out
 
     def _compute_position_bias(self) -> Tensor:
-        n = self.window_size[0] * self.window_size[1]
         table = self.ESRPB_MLP(self.relative_position_bias_table).view(-1, self.num_heads)
-        bias = table[self.relative_position_index.view(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
-        return ESRPB_BIAS_RANGE * torch.sigmoid(bias)
-
-    def _position_bias_key(self) -> tuple:
-        tensors = (*self.ESRPB_MLP.parameters(), self.relative_position_bias_table, self.relative_position_index)
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        return ESRPB_BIAS_RANGE * torch.sigmoid(gather_position_bias(table, self.relative_position_index))
 
     def position_bias(self) -> Tensor:
-        """ES-RPB bias, (heads, N, N) with N = Wh*Ww.
-
-        It depends on parameters only, so in eval mode (when no gradient can flow into it) it is computed
-        once and reused until a parameter changes storage or version (optimizer step, load_state_dict, .to()).
-        """
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.ESRPB_MLP.parameters())
-        if self.training or needs_grad or not size_caches_enabled():
-            self._position_bias_cache = None
-            return self._compute_position_bias()
-        key = self._position_bias_key()
-        if self._position_bias_cache is None or self._position_bias_cache[0] != key:
-            self._position_bias_cache = (key, self._compute_position_bias())
-        return self._position_bias_cache[1]
+        """ES-RPB bias, (heads, N, N) with N = Wh*Ww; kept in eval mode without autograd (``DerivedTensorCache``)."""
+        sources = (*self.ESRPB_MLP.parameters(), self.relative_position_bias_table, self.relative_position_index)
+        return self.bias_cache.get(sources, self._compute_position_bias, self.training)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention inside windows.
@@ -157,18 +143,8 @@ class GRSA(nn.Module):
         logit_scale = torch.clamp(self.logit_scale, max=LOGIT_SCALE_MAX).exp()
         q = F.normalize(q, dim=-1) * logit_scale
         k = F.normalize(k, dim=-1)
-        bias = self.position_bias()
-        if mask is None:
-            out = attention(q, k, v, scale=1.0, bias=bias)
-        else:
-            # (B, nW*heads, N, d) layout: the (nW, heads, N, N) mask broadcasts over B without a copy
-            nw = mask.shape[0]
-            if bn % nw:
-                raise ValueError(f'GRSA: {bn} windows is not a multiple of the mask\'s {nw} windows per image')
-            bias = add_shift_mask(bias, mask, self.mask_scratch)  # (nW*heads, N, N)
-            out = attention(q.reshape(bn // nw, nw * heads, n, head_dim), k.reshape(bn // nw, nw * heads, n, head_dim),
-                            v.reshape(bn // nw, nw * heads, n, head_dim), scale=1.0, bias=bias)
-        out = out.reshape(bn, heads, n, head_dim).transpose(1, 2).reshape(bn, n, c)
+        out = multihead_window_attention(q, k, v, 1.0, self.position_bias(), mask, self.mask_scratch)
+        out = out.transpose(1, 2).reshape(bn, n, c)
         return self._grouped(out, self.proj1, self.proj2, residual=False)
 
 
@@ -237,13 +213,13 @@ class GRSAB(nn.Module):
     def shifted(self) -> bool:
         return self.shift_size[0] > 0
 
-    def shift_mask(self, h: int, w: int, device: torch.device) -> Tensor | None:
+    def shift_mask(self, h: int, w: int, like: Tensor) -> Tensor | None:
         """Additive (nW, N, N) mask for an (h, w) map; None for unshifted blocks. Cached per size."""
         if not self.shifted:
             return None
-        if (h, w) == self.img_size and self.attn_mask is not None:
+        if self.attn_mask is not None and not tracing(like) and (h, w) == self.img_size:
             return self.attn_mask
-        return self.shift_masks.get(h, w, self.window_size, self.shift_size, device)
+        return self.shift_masks.get(h, w, self.window_size, self.shift_size, like.device, like=like)
 
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         """(B, H*W, C) -> (B, H*W, C); ``x_size`` = (H, W)."""
@@ -254,7 +230,7 @@ class GRSAB(nn.Module):
         if self.shifted:
             x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
         windows = window_partition(x, self.window_size).flatten(1, 2)
-        windows = self.attn(windows, mask=self.shift_mask(h, w, x.device))
+        windows = self.attn(windows, mask=self.shift_mask(h, w, x))
         x = window_reverse(windows, self.window_size, h, w)
         if self.shifted:
             x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
@@ -354,12 +330,6 @@ class GRFormer(nn.Module):
         self.mask_scratch = share_with_submodules(self, 'mask_scratch', MaskScratch())
         self.shift_masks = share_with_submodules(self, 'shift_masks', ShiftMaskCache(_MASK_CACHE_SIZE, SHIFT_MASK_FILL))
 
-    @classmethod
-    def from_variant(cls, name: str, upscale: int, **overrides: Any) -> GRFormer:
-        """Build a published variant, e.g. ``GRFormer.from_variant('GRFormer-light', 4)``."""
-        return build_variant(cls, GRFORMER_VARIANTS, name, upscale, **overrides)
-
-
     @property
     def pad_multiple(self) -> int:
         """H and W are padded internally to a multiple of this (the longer window side)."""
@@ -369,7 +339,7 @@ class GRFormer(nn.Module):
         """(B, C, H, W) shallow features -> (B, C, H, W) deep features (H, W multiples of the window)."""
         b, c, h, w = x.shape
         x = self.pos_drop(x.flatten(2).transpose(1, 2))
-        with self.mask_scratch.forward_scope():
+        with self.mask_scratch.forward_scope(x):
             for layer in self.layers:
                 x = layer(x, (h, w))
         return self.norm(x).transpose(1, 2).reshape(b, c, h, w)
@@ -384,3 +354,31 @@ class GRFormer(nn.Module):
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.mean_shift.inverse(self.upsample(x))
         return x[..., :h * self.upscale, :w * self.upscale]
+
+
+def detect_grformer(shapes: Shapes, state_dict: Any) -> dict[str, Any]:
+    """Constructor kwargs of a GRFormer state_dict (``img_size`` from the persistent shift masks)."""
+    embed_dim, in_chans = shape_of(shapes, 'conv_first.weight')[:2]
+    depths = group_counts(shapes, r'layers\.(\d+)\.blocks\.0\.attn\.logit_scale',
+                          r'layers\.{group}\.blocks\.(\d+)\.attn\.logit_scale')
+    num_heads = [shape_of(shapes, f'layers.{i}.blocks.0.attn.logit_scale')[0] for i in range(len(depths))]
+    table = shape_of(shapes, 'layers.0.blocks.0.attn.relative_position_bias_table')  # (1, 2Wh-1, 2Ww-1, 2)
+    kwargs = dict(
+        in_chans=in_chans, embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+        window_size=[(table[1] + 1) // 2, (table[2] + 1) // 2],
+        mlp_ratio=ratio(shape_of(shapes, 'layers.0.blocks.0.mlp.fc1.weight')[0], embed_dim),
+        upscale=math.isqrt(shape_of(shapes, 'upsample.0.weight')[0] // in_chans),
+    )
+    masks = [name for name in shapes if re.fullmatch(r'layers\.\d+\.blocks\.\d+\.attn_mask', name)]
+    if masks:  # (num_windows, N, N) for a square img_size x img_size map
+        num_windows, tokens = shapes[masks[0]][:2]
+        kwargs['img_size'] = math.isqrt(num_windows * tokens)
+    return kwargs
+
+
+FAMILY = FamilySpec(
+    name='GRFormer', cls=GRFormer, variants=GRFORMER_VARIANTS, scales=(2, 3, 4), detect=detect_grformer,
+    tiny=dict(embed_dim=24, depths=[2], num_heads=[2], window_size=[4, 8], mlp_ratio=2),
+    pad_multiple=lambda kwargs: max(_window_pair(kwargs['window_size'])),
+    checkpointing_arg='use_checkpoint', group_args=('depths', 'num_heads'), model_type='GRModel',
+)

@@ -6,22 +6,26 @@ The constructor arguments, their defaults and the state_dict names (including th
 official option files' ``network_g`` sections and the released ``params_ema`` checkpoints load with
 ``strict=True``. Differences to the official module, all on purpose:
 
-* attention runs through ``arch_util.attention`` (fused SDPA by default) with the relative position
+* attention runs through ``layers.attention`` (fused SDPA by default) with the relative position
   bias and the shifted-window mask added into one additive mask;
 * the shift mask is cached per input size, and in eval mode (without autograd) the gathered bias
-  tables are cached too, instead of being rebuilt in every forward;
+  tables are cached too (``layers.caches``: valid under EMA ``.data`` writes, ``load_state_dict``, ``.to()``;
+  bypassed while tracing), instead of being rebuilt in every forward;
+* any input size: the input is reflect-padded (bottom/right) to a multiple of ``window_size`` and the output
+  cropped back, as the official ``HATModel`` does outside the network;
 * ``use_checkpoint`` works (the official code stores it but never uses it);
-* token-wise linear layers are ``arch_util.TokenLinear`` and the CAB / group convolutions ``TokenConv2d``
+* token-wise linear layers are ``layers.TokenLinear`` and the CAB / group convolutions ``TokenConv2d``
   (``nn.Linear`` / ``nn.Conv2d`` with the same parameters and faster CPU kernels for token layouts);
 * bad configurations fail at construction with a message naming the argument: ``upsampler`` other than
   ``'pixelshuffle'`` (the official code silently returns the input), unknown arguments, an overlap
-  window the unfold cannot tile, an input whose H/W is not a multiple of ``window_size``.
+  window the unfold cannot tile.
 
 Features are kept as (B, H, W, C) tokens through the body; convolutions see (B, C, H, W).
 """
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -31,15 +35,14 @@ from torch import Tensor, nn
 
 from basicsr.archs.rcan_arch import ChannelAttention
 from basicsr.utils.registry import ARCH_REGISTRY
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, Mlp, ShiftMaskCache, TokenConv2d, TokenLinear,
-                                     attention, build_variant, init_transformer_weights, pixelshuffle_reconstruction,
-                                     relative_position_index, share_with_submodules, size_caches_enabled, to_2tuple,
-                                     trunc_normal_, variant_kwargs, window_attention, window_partition, window_reverse)
 
-def _trunc_normal(tensor: Tensor, std: float = 0.02) -> None:
-    """``trunc_normal_``, skipped on the meta device (no values there; it is slow through torch's refs)."""
-    if not tensor.is_meta:
-        trunc_normal_(tensor, std=std)
+from sr_arch.archs.layers import (DerivedTensorCache, DropPath, MaskScratch, MeanShift, Mlp, ShiftMaskCache,
+                                  TokenConv2d, TokenLinear, attention, gather_position_bias, init_transformer_weights,
+                                  pad_to_multiple, pixelshuffle_reconstruction, relative_position_index,
+                                  share_with_submodules, to_2tuple, trunc_normal_unless_meta, window_attention,
+                                  window_partition, window_reverse)
+from sr_arch.archs.spec import (FamilySpec, Shapes, group_counts, integer_divisor, pixelshuffle_scale, ratio,
+                                shape_of)
 
 
 #: value the official code puts on attention logits between tokens of different shifted-window regions
@@ -65,47 +68,20 @@ class CAB(nn.Module):
         return self.cab(x)
 
 
-class _PositionBiasCache:
-    """Gathers ``relative_position_bias_table[index]`` into a (heads, Nq, Nk) attention bias.
-
-    In eval mode without autograd the result is kept and reused until the table values, the index
-    tensor, the device or the dtype change. The table is compared with a snapshot because the EMA
-    update (``param.data.mul_``) and ``load_state_dict`` rewrite it in place without any other trace.
-    In training (or whenever gradients must reach the table) it is gathered every call.
-    """
+class _TablePositionBias:
+    """Mixin: a (heads, Nq, Nk) bias gathered from ``relative_position_bias_table``, kept in eval mode
+    (``DerivedTensorCache``)."""
 
     relative_position_bias_table: nn.Parameter
     training: bool
 
-    def _init_position_bias_cache(self) -> None:
-        self._bias_cache: tuple[tuple, Tensor, Tensor] | None = None
-
     def position_bias(self, index: Tensor) -> Tensor:
         """(Nq, Nk) long index -> (heads, Nq, Nk) bias."""
         table = self.relative_position_bias_table
-        cacheable = (not self.training and not (torch.is_grad_enabled() and table.requires_grad)
-                     and size_caches_enabled())
-        if not cacheable:
-            self._bias_cache = None
-            return self._gather(table, index)
-        key = (index.data_ptr(), index._version, tuple(index.shape), table.device, table.dtype)
-        cache = self._bias_cache
-        if cache is None or cache[0] != key or not torch.equal(cache[1], table):
-            bias = self._gather(table.detach(), index)
-            cache = self._bias_cache = (key, table.detach().clone(), bias)
-        return cache[2]
-
-    @staticmethod
-    def _gather(table: Tensor, index: Tensor) -> Tensor:
-        num_q, num_k = index.shape
-        # the official OCA index holds negative entries; like the official code they wrap around
-        return table[index.reshape(-1)].view(num_q, num_k, -1).permute(2, 0, 1).contiguous()
-
-    def clear_position_bias_cache(self) -> None:
-        self._bias_cache = None
+        return self.bias_cache.get((table, index), lambda: gather_position_bias(table, index), self.training)
 
 
-class WindowAttention(_PositionBiasCache, nn.Module):
+class WindowAttention(_TablePositionBias, nn.Module):
     """Window multi-head self attention (W-MSA / SW-MSA) with a Swin relative position bias."""
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
@@ -119,8 +95,8 @@ class WindowAttention(_PositionBiasCache, nn.Module):
         self.qkv = TokenLinear(dim, dim * 3, bias=qkv_bias)
         self.proj = TokenLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        _trunc_normal(self.relative_position_bias_table)
-        self._init_position_bias_cache()
+        trunc_normal_unless_meta(self.relative_position_bias_table)
+        self.bias_cache = DerivedTensorCache()
         self.mask_scratch: MaskScratch | None = None  # set by the network (share_with_submodules)
 
     def forward(self, windows: Tensor, index: Tensor, shift_mask: Tensor | None = None) -> Tensor:
@@ -138,10 +114,6 @@ class WindowAttention(_PositionBiasCache, nn.Module):
         out = window_attention(qkv, self.num_heads, self.scale, self.position_bias(index), shift_mask,
                                self.mask_scratch).view(b, nw, n, c)
         return self.proj_drop(self.proj(out))
-
-    def train(self, mode: bool = True) -> 'WindowAttention':
-        self.clear_position_bias_cache()
-        return super().train(mode)
 
 
 class HAB(nn.Module):
@@ -183,7 +155,7 @@ class HAB(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class OCAB(_PositionBiasCache, nn.Module):
+class OCAB(_TablePositionBias, nn.Module):
     """Overlapping cross-attention block.
 
     Queries come from the non-overlapping window_size**2 windows, keys and values from the
@@ -205,11 +177,11 @@ class OCAB(_PositionBiasCache, nn.Module):
         self.qkv = TokenLinear(dim, dim * 3, bias=qkv_bias)
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((window_size + self.overlap_win_size - 1) ** 2, num_heads))
-        _trunc_normal(self.relative_position_bias_table)
+        trunc_normal_unless_meta(self.relative_position_bias_table)
         self.proj = TokenLinear(dim, dim)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
-        self._init_position_bias_cache()
+        self.bias_cache = DerivedTensorCache()
 
     def forward(self, x: Tensor, index: Tensor) -> Tensor:
         b, h, w, c = x.shape
@@ -226,10 +198,6 @@ class OCAB(_PositionBiasCache, nn.Module):
         out = out.transpose(1, 2).reshape(-1, ws, ws, c)
         x = self.proj(window_reverse(out, (ws, ws), h, w)) + shortcut
         return x + self.mlp(self.norm2(x))
-
-    def train(self, mode: bool = True) -> 'OCAB':
-        self.clear_position_bias_cache()
-        return super().train(mode)
 
 
 class AttenBlocks(nn.Module):
@@ -312,8 +280,8 @@ def oca_relative_position_index(window_size: int, overlap_win_size: int) -> Tens
 class HAT(nn.Module):
     """Hybrid Attention Transformer. (B, in_chans, H, W) in [0, 1] -> (B, in_chans, upscale*H, upscale*W).
 
-    H and W must be multiples of ``window_size`` (``HATModel`` pads the input). Arguments are the
-    official ones; see ``HAT_VARIANTS`` for the published configurations. ``img_size``/``patch_size``
+    Any H and W: the input is reflect-padded to a multiple of ``window_size`` and the output cropped back.
+    Arguments are the official ones; ``FAMILY.variants`` holds the published configurations. ``img_size``/``patch_size``
     only decide ``ape``'s embedding size and the official small-image rule (``img_size`` equal to the
     window disables shifted windows; smaller is rejected, the official code crashes there).
     ``norm_layer`` is a callable ``dim -> module``. ``attn_drop_rate`` must be 0 (the fused attention
@@ -354,7 +322,7 @@ class HAT(nn.Module):
         if ape:
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, patches_resolution[0] * patches_resolution[1],
                                                                embed_dim))
-            _trunc_normal(self.absolute_pos_embed)
+            trunc_normal_unless_meta(self.absolute_pos_embed)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
         drop_path_rates = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu')]
@@ -375,12 +343,6 @@ class HAT(nn.Module):
         self.apply(init_transformer_weights)
         self.mask_scratch = share_with_submodules(self, 'mask_scratch', MaskScratch())
 
-    @classmethod
-    def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'HAT':
-        """Build a published variant, e.g. ``HAT.from_variant('HAT-L', 4)`` (see ``HAT_VARIANTS``)."""
-        return build_variant(cls, HAT_VARIANTS, name, upscale, **overrides)
-
-
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {'absolute_pos_embed'}
@@ -393,33 +355,32 @@ class HAT(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.conv_first.in_channels:
             raise ValueError(f'HAT expects a (B, {self.conv_first.in_channels}, H, W) batch, got {tuple(x.shape)}')
         h, w = x.shape[-2:]
-        if h % self.window_size or w % self.window_size:
-            raise ValueError(f'HAT: input size {h}x{w} is not a multiple of window_size {self.window_size}; pad '
-                             f'the input to a multiple of {self.window_size} (HATModel does) and crop the output')
-        if self.ape and [h, w] != self.patches_resolution:
-            raise ValueError(f'HAT with ape=True only accepts img_size inputs {tuple(self.patches_resolution)}, '
-                             f'got {h}x{w}')
+        if self.ape and [h + (-h) % self.window_size, w + (-w) % self.window_size] != self.patches_resolution:
+            raise ValueError(f'HAT with ape=True only accepts inputs of img_size {tuple(self.patches_resolution)} '
+                             f'(after padding to a multiple of window_size {self.window_size}), got {h}x{w}')
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Deep features: (B, embed_dim, H, W) -> (B, embed_dim, H, W)."""
+        """Deep features: (B, embed_dim, H, W) -> (B, embed_dim, H, W); H, W multiples of ``window_size``."""
         b, c, h, w = x.shape
         tokens = self.patch_embed(x.permute(0, 2, 3, 1))
         if self.ape:
             tokens = tokens + self.absolute_pos_embed.view(1, h, w, c)
         tokens = self.pos_drop(tokens)
         ws, shift = (self.window_size,) * 2, (self.shift_size,) * 2
-        shift_mask = self.shift_masks.get(h, w, ws, shift, x.device) if self.shift_size else None
-        with self.mask_scratch.forward_scope():
+        shift_mask = self.shift_masks.get(h, w, ws, shift, x.device, like=x) if self.shift_size else None
+        with self.mask_scratch.forward_scope(x):
             for layer in self.layers:
                 tokens = layer(tokens, self.relative_position_index_SA, self.relative_position_index_OCA, shift_mask)
         return self.norm(tokens).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input_size(x)
+        h, w = x.shape[-2:]
+        x, _ = pad_to_multiple(x, self.window_size)
         x = self.conv_first(self.mean_shift(x))
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
-        return self.mean_shift.inverse(x)
+        return self.mean_shift.inverse(x)[..., :h * self.upscale, :w * self.upscale]
 
 
 def _check_arguments(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
@@ -470,11 +431,34 @@ HAT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def hat_variant_kwargs(variant: str, upscale: int, **overrides: Any) -> dict[str, Any]:
-    """Constructor arguments of a published variant ('HAT-S', 'HAT', 'HAT-L') at ``upscale``."""
-    return variant_kwargs('HAT', HAT_VARIANTS, variant, upscale, **overrides)
+def detect_hat(shapes: Shapes, state_dict: Any) -> dict[str, Any]:
+    """Constructor kwargs of a HAT state_dict, from its names and shapes."""
+    shape_of(shapes, 'relative_position_index_OCA')
+    embed_dim, in_chans = shape_of(shapes, 'conv_first.weight')[:2]
+    depths = group_counts(shapes, r'layers\.(\d+)\.residual_group\.overlap_attn\.qkv\.weight',
+                          r'layers\.{group}\.residual_group\.blocks\.(\d+)\.norm1\.weight')
+    block = 'layers.{}.residual_group.blocks.0.'
+    num_heads = [shape_of(shapes, block.format(i) + 'attn.relative_position_bias_table')[1]
+                 for i in range(len(depths))]
+    window_size = math.isqrt(shape_of(shapes, 'relative_position_index_SA')[0])
+    overlap_window = math.isqrt(shape_of(shapes, 'relative_position_index_OCA')[1])
+    first = block.format(0)
+    return dict(
+        in_chans=in_chans, embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
+        overlap_ratio=ratio(overlap_window - window_size, window_size),
+        compress_ratio=integer_divisor(embed_dim, shape_of(shapes, first + 'conv_block.cab.0.weight')[0]),
+        squeeze_factor=integer_divisor(embed_dim, shape_of(shapes, first + 'conv_block.cab.3.attention.1.weight')[0]),
+        mlp_ratio=ratio(shape_of(shapes, first + 'mlp.fc1.weight')[0], embed_dim),
+        qkv_bias=first + 'attn.qkv.bias' in shapes,
+        resi_connection='1conv' if 'layers.0.conv.weight' in shapes else 'identity',
+        upscale=pixelshuffle_scale(shapes, 'upsample', shape_of(shapes, 'conv_before_upsample.0.weight')[0]),
+    )
 
 
-def build_hat(variant: str, upscale: int, **overrides: Any) -> HAT:
-    """``HAT.from_variant``; build under ``with torch.device('meta'):`` for names and shapes only."""
-    return HAT.from_variant(variant, upscale, **overrides)
+FAMILY = FamilySpec(
+    name='HAT', cls=HAT, variants=HAT_VARIANTS, scales=(2, 3, 4), detect=detect_hat,
+    tiny=dict(embed_dim=24, depths=[2], num_heads=[2], window_size=8, compress_ratio=3, squeeze_factor=4,
+              mlp_ratio=2, upsampler='pixelshuffle'),
+    pad_multiple=lambda kwargs: kwargs['window_size'],
+    checkpointing_arg='use_checkpoint', group_args=('depths', 'num_heads'), model_type='HATModel',
+)

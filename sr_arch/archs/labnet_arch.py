@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import pad_to_multiple
+from sr_arch.archs.layers import pad_to_multiple
+from sr_arch.archs.spec import CheckpointConvention, FamilySpec, Shapes, numbered, pixelshuffle_scale, shape_of
 
 #: blocks per stage: encoder 1, encoder 2, latent, decoder 1, decoder 2, refine (hard-coded officially)
 OFFICIAL_NUM_BLOCKS = (6, 8, 10, 6, 8, 8)
@@ -310,7 +311,8 @@ class LabNet(nn.Module):
         nf, upscale, num_blocks = _check_config(nf, upscale, num_blocks)
         if not isinstance(residual_antialias, bool):
             raise ValueError(f'LabNet: residual_antialias must be true or false, got {residual_antialias!r}')
-        self.scale = upscale
+        self.scale = self.upscale = upscale
+        self.residual_antialias = residual_antialias
         self.Restorer = Restorer(nf, upscale, num_blocks, residual_antialias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -326,3 +328,21 @@ class LabNet(nn.Module):
 @ARCH_REGISTRY.register()
 class LabNet_STEA(LabNet):
     """``LabNet`` under its official class name, for option files written for monakasen/TMM25."""
+
+
+def detect_labnet(shapes: Shapes, state_dict: Any) -> dict[str, Any]:
+    """Constructor kwargs of a LabNet state_dict (``residual_antialias`` is in no shape: see ``FAMILY.checkpoint``)."""
+    nf = shape_of(shapes, 'Restorer.head.weight')[0]
+    num_blocks = [numbered(shapes, rf'Restorer\.{stage}\.(\d+)\.norm1\.weight', f'Restorer.{stage} blocks')
+                  for stage in STAGE_NAMES]
+    return dict(nf=nf, num_blocks=num_blocks, upscale=pixelshuffle_scale(shapes, 'Restorer.upscale', nf))
+
+
+FAMILY = FamilySpec(
+    name='LabNet', cls=LabNet, variants=LABNET_VARIANTS, scales=LABNET_SCALES, detect=detect_labnet,
+    tiny=dict(nf=16, num_blocks=(1, 1, 1, 1, 1, 1)), pad_multiple=lambda kwargs: BODY_MULTIPLE,
+    aliases=('LabNet_STEA',),
+    # the released LabNetx{2,3,4}.pth were trained under torchvision 0.12: plain (a=-0.75) bicubic residual
+    checkpoint=CheckpointConvention(stored_kwargs=('residual_antialias',),
+                                    official_kwargs={'residual_antialias': False}),
+)

@@ -18,12 +18,14 @@ Every block adds the block input back scaled by a learnable per-channel ``gamma`
 integration) and uses a gated MLP (a depthwise conv on half the hidden channels gates the other half).
 
 Deliberate differences from the official file (none changes the outputs or the weights):
-attention runs through ``arch_util.attention`` (SDPA) with position bias and shift mask summed into
+attention runs through ``layers.attention`` (SDPA) with position bias and shift mask summed into
 one additive mask; shift masks of sizes other than 64x64 are cached; in eval mode without autograd
-the DynamicPosBias output is cached; gradient checkpointing uses the non-reentrant implementation;
+the DynamicPosBias output is cached (``layers.caches``: valid under EMA ``.data`` writes,
+``load_state_dict``, ``.to()``; bypassed while tracing); gradient checkpointing uses the non-reentrant
+implementation; any input size works (inputs too small or too elongated for RG-SA's recursion are
+reflect-padded, bottom/right, and the output cropped back, which the official code cannot do);
 token-wise linear layers and the convolutions inside the residual groups are ``TokenLinear`` /
-``TokenConv2d`` (same parameters, faster CPU kernels for token layouts); inputs too small for the
-recursion raise a ValueError naming the size instead of ``math domain error``; unknown constructor
+``TokenConv2d`` (same parameters, faster CPU kernels for token layouts); unknown constructor
 arguments raise instead of being swallowed by ``**kwargs``.
 """
 from __future__ import annotations
@@ -38,10 +40,12 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from sr_arch.archs.arch_util import (DropPath, MaskScratch, MeanShift, ShiftMaskCache, TokenConv2d, TokenLinear,
-                                     attention, build_variant, init_transformer_weights, pixelshuffle_reconstruction,
-                                     relative_position_index, share_with_submodules, shifted_window_mask,
-                                     size_caches_enabled, window_attention, window_partition, window_reverse)
+from sr_arch.archs.layers import (DerivedTensorCache, DropPath, MaskScratch, MeanShift, ShiftMaskCache, TokenConv2d,
+                                  TokenLinear, attention, gather_position_bias, init_transformer_weights, pad_to_size,
+                                  pixelshuffle_reconstruction, relative_position_index, share_with_submodules,
+                                  shifted_window_mask, tracing, window_attention, window_partition, window_reverse)
+from sr_arch.archs.spec import (FamilySpec, Shapes, group_counts, pixelshuffle_scale, ratio,
+                                rectangle_from_counts, shape_of)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
 RGT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -72,9 +76,8 @@ def recursion_steps(height: int, width: int, training: bool) -> int:
     divisor = 4 if training else EVAL_MIN_INPUT_SIZE
     mode = 'training' if training else 'eval'
     if height // divisor < 1 or width // divisor < 1:
-        raise ValueError(f'RGT needs inputs of at least {divisor}x{divisor} pixels in {mode} mode, '
-                         f'got {height}x{width} (H x W); pad the input (RGTModel pads automatically, see '
-                         f'sr_arch.archs.rgt_arch.min_padded_size)')
+        raise ValueError(f'RG-SA needs maps of at least {divisor}x{divisor} pixels in {mode} mode, '
+                         f'got {height}x{width} (H x W); RGT.forward pads its input to min_padded_size')
     steps = max(int(math.log(height // divisor, 4)), int(math.log(width // divisor, 4)))
     if not training:
         steps = max(steps, 2)  # official: eval must reduce at least as much as the 64x64 training patches
@@ -82,7 +85,7 @@ def recursion_steps(height: int, width: int, training: bool) -> int:
     if height // cell < 1 or width // cell < 1:
         raise ValueError(f'RGT cannot process a {height}x{width} (H x W) input in {mode} mode: its long side needs '
                          f'{steps} reductions by 4, which leave nothing of a side shorter than {cell} pixels; pad the '
-                         f'short side to {cell} (RGTModel pads automatically)')
+                         f'short side to {cell} (RGT.forward pads its input to min_padded_size)')
     return steps
 
 
@@ -145,9 +148,7 @@ class DynamicPosBias(nn.Module):
 class RectangleWindowBranch(nn.Module):
     """Attention of one L-SA branch inside (Wh x Ww) rectangles, with DynamicPosBias (official ``WindowAttention``).
 
-    Caches the position bias (heads, N, N) while the module is in eval mode and autograd is off (and
-    ``arch_util.size_caches_enabled()``); the cache is keyed on the DPB parameters' storage, version and
-    dtype, so optimizer steps, ``load_state_dict``, ``.to()`` and ``.half()`` invalidate it.
+    The (heads, N, N) position bias is kept in eval mode without autograd (``DerivedTensorCache``).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: tuple[int, int], qk_scale: float | None = None):
@@ -160,23 +161,17 @@ class RectangleWindowBranch(nn.Module):
         offsets = torch.stack(torch.meshgrid(torch.arange(1 - wh, wh), torch.arange(1 - ww, ww), indexing='ij'))
         self.register_buffer('rpe_biases', offsets.flatten(1).transpose(0, 1).contiguous().float())
         self.register_buffer('relative_position_index', relative_position_index(window_size))
-        self._bias_cache: tuple[tuple, Tensor] | None = None
+        self.bias_cache = DerivedTensorCache()
         self.mask_scratch: MaskScratch | None = None  # set by the network (share_with_submodules)
 
     def _compute_position_bias(self) -> Tensor:
-        n = self.window_size[0] * self.window_size[1]
-        table = self.pos(self.rpe_biases)  # ((2Wh-1)(2Ww-1), heads)
-        return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+        # DPB over the ((2Wh-1)(2Ww-1), 2) offsets -> per-offset head biases, gathered to (heads, N, N)
+        return gather_position_bias(self.pos(self.rpe_biases), self.relative_position_index)
 
     def position_bias(self) -> Tensor:
         """(heads, N, N) relative position bias, N = Wh * Ww."""
-        if self.training or torch.is_grad_enabled() or not size_caches_enabled():
-            self._bias_cache = None
-            return self._compute_position_bias()
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.pos.parameters()) + (self.rpe_biases.device,)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = (key, self._compute_position_bias())
-        return self._bias_cache[1]
+        sources = (*self.pos.parameters(), self.rpe_biases, self.relative_position_index)
+        return self.bias_cache.get(sources, self._compute_position_bias, self.training)
 
     def forward(self, qkv: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention in windows.
@@ -231,13 +226,13 @@ class RectangleWindowAttention(nn.Module):
         # the network replaces it with one cache shared by all its L-SA blocks (share_with_submodules)
         self.shift_masks = ShiftMaskCache(SHIFT_MASK_CACHE_SIZE)
 
-    def shift_mask(self, branch: int, height: int, width: int) -> Tensor:
+    def shift_mask(self, branch: int, height: int, width: int, like: Tensor) -> Tensor:
         """(num_windows, N, N) shift mask of one branch for a padded (height, width) map."""
-        if height == OFFICIAL_MASK_RESOLUTION and width == OFFICIAL_MASK_RESOLUTION:
+        if not tracing(like) and height == OFFICIAL_MASK_RESOLUTION and width == OFFICIAL_MASK_RESOLUTION:
             return getattr(self, f'attn_mask_{branch}')
         window = self.window_sizes[branch]
         shift = (window[0] // 2, window[1] // 2)
-        return self.shift_masks.get(height, width, window, shift, self.get_v.weight.device)
+        return self.shift_masks.get(height, width, window, shift, like.device, like=like)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """(B, H*W, C) tokens -> (B, H*W, C)."""
@@ -256,7 +251,7 @@ class RectangleWindowAttention(nn.Module):
             if self.shifted:
                 shift = (window[0] // 2, window[1] // 2)
                 part = torch.roll(part, shifts=(-shift[0], -shift[1]), dims=(2, 3))
-                out = branch(part, self.shift_mask(i, padded_h, padded_w))
+                out = branch(part, self.shift_mask(i, padded_h, padded_w, part))
                 out = torch.roll(out, shifts=shift, dims=(1, 2))
             else:
                 out = branch(part)
@@ -412,7 +407,7 @@ class RGT(nn.Module):
 
     ``img_size`` has no effect on the computation (official behaviour; see OFFICIAL_MASK_RESOLUTION).
     ``use_chk`` enables (non-reentrant) gradient checkpointing per block. Published variants:
-    ``RGT_VARIANTS`` / ``RGT.from_variant('RGT-S', upscale=4)``.
+    ``FAMILY.variants`` / ``FAMILY.build('RGT-S', 4)``.
     """
 
     def __init__(self, img_size: int = 64, in_chans: int = 3, embed_dim: int = 180,
@@ -452,33 +447,29 @@ class RGT(nn.Module):
         self.mask_scratch = share_with_submodules(self, 'mask_scratch', MaskScratch())
         self.shift_masks = share_with_submodules(self, 'shift_masks', ShiftMaskCache(SHIFT_MASK_CACHE_SIZE))
 
-    @classmethod
-    def from_variant(cls, name: str, upscale: int, **overrides: Any) -> 'RGT':
-        """Build a published variant ('RGT-S' or 'RGT') at ``upscale``; ``overrides`` replace its arguments."""
-        return build_variant(cls, RGT_VARIANTS, name, upscale, **overrides)
-
-
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) shallow features -> (B, C, H, W) deep features."""
         height, width = x.shape[-2:]
         x = self.before_RG(x)
-        with self.mask_scratch.forward_scope():
+        with self.mask_scratch.forward_scope(x):
             for layer in self.layers:
                 x = layer(x, (height, width))
         return tokens_to_image(self.norm(x), height, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, in_chans, H, W) LR in [0, 1] -> (B, in_chans, upscale*H, upscale*W).
+        """(B, in_chans, H, W) LR in [0, 1], any H and W -> (B, in_chans, upscale*H, upscale*W).
 
-        H and W must be at least 16 in eval mode (4 in training); see ``min_padded_size``.
+        Inputs smaller than RG-SA's recursion needs (16 in eval mode, 4 in training) or too elongated for it
+        are reflect-padded (bottom/right) to ``min_padded_size`` and the output is cropped back.
         """
         if x.dim() != 4:
             raise ValueError(f'RGT expects a (B, C, H, W) batch, got a tensor of shape {tuple(x.shape)}')
-        recursion_steps(x.shape[-2], x.shape[-1], self.training)  # raises a clear error for too small inputs
+        h, w = x.shape[-2:]
+        x = pad_to_size(x, *min_padded_size(h, w, self.training))
         x = self.conv_first(self.mean_shift(x))
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
-        return self.mean_shift.inverse(x)
+        return self.mean_shift.inverse(x)[..., :h * self.upscale, :w * self.upscale]
 
 
 def _check_arguments(embed_dim: int, depth: Sequence[int], num_heads: Sequence[int], split_size: Sequence[int],
@@ -507,3 +498,40 @@ def _check_arguments(embed_dim: int, depth: Sequence[int], num_heads: Sequence[i
         if embed_dim % heads or cr % heads:
             raise ValueError(f'RGT: embed_dim={embed_dim} and int(embed_dim*c_ratio)={cr} must be divisible by '
                              f'num_heads={heads}')
+
+
+def detect_rgt(shapes: Shapes, state_dict: Any) -> dict[str, Any]:
+    """Constructor kwargs of an RGT state_dict; the window orientation comes from the ``rpe_biases`` values
+    when they are real tensors (shapes cannot tell (8, 32) from (32, 8))."""
+    shape_of(shapes, 'before_RG.1.weight')
+    embed_dim, in_chans = shape_of(shapes, 'conv_first.weight')[:2]
+    depth = group_counts(shapes, r'layers\.(\d+)\.blocks\.0\.norm1\.weight',
+                         r'layers\.{group}\.blocks\.(\d+)\.norm1\.weight')
+    branch = 'layers.{}.blocks.0.attn.attns.0.'
+    num_heads = [2 * shape_of(shapes, branch.format(i) + 'pos.pos3.2.weight')[0] for i in range(len(depth))]
+    rpe_name = branch.format(0) + 'rpe_biases'
+    rpe_biases = state_dict.get(rpe_name)
+    if isinstance(rpe_biases, Tensor) and not rpe_biases.is_meta and rpe_biases.numel():
+        # the offsets table runs from 1 - H_sp to H_sp - 1 (column 0) and the same for W_sp
+        split_size = [int(rpe_biases[:, 0].max()) + 1, int(rpe_biases[:, 1].max()) + 1]
+    else:  # published models use the short side first
+        split_size = list(rectangle_from_counts(shape_of(shapes, branch.format(0) + 'relative_position_index')[0],
+                                                shape_of(shapes, rpe_name)[0]))
+    kwargs = dict(
+        in_chans=in_chans, embed_dim=embed_dim, depth=depth, num_heads=num_heads, split_size=split_size,
+        mlp_ratio=ratio(shape_of(shapes, 'layers.0.blocks.0.mlp.fc1.weight')[0], embed_dim),
+        qkv_bias='layers.0.blocks.0.attn.qkv.bias' in shapes,
+        resi_connection='3conv' if 'layers.0.conv.0.weight' in shapes else '1conv',
+        upscale=pixelshuffle_scale(shapes, 'upsample', shape_of(shapes, 'conv_before_upsample.0.weight')[0]),
+    )
+    if 'layers.0.blocks.1.attn.q.weight' in shapes:
+        kwargs['c_ratio'] = ratio(shapes['layers.0.blocks.1.attn.q.weight'][0], embed_dim)
+    return kwargs
+
+
+FAMILY = FamilySpec(
+    name='RGT', cls=RGT, variants=RGT_VARIANTS, scales=(2, 3, 4), detect=detect_rgt,
+    tiny=dict(embed_dim=24, depth=[2], num_heads=[2], split_size=[4, 8], mlp_ratio=2),
+    min_size=lambda kwargs: EVAL_MIN_INPUT_SIZE,
+    checkpointing_arg='use_chk', group_args=('depth', 'num_heads'), model_type='RGTModel',
+)

@@ -1,8 +1,8 @@
 """``GRModel``: the ``model_type`` of every official GRFormer option file, which the official repo never shipped.
 
-GRFormer reflect-pads to a multiple of its longer window side inside ``forward`` and crops back, so
-the model needs no padding of its own: ``SRArchModel``'s defaults (pad multiple 1, no minimum size)
-are right, and the official option files run unchanged apart from the fixes commented in ours.
+GRFormer reflect-pads to a multiple of its longer window side inside ``forward`` and crops back, so this is
+``SRArchModel`` under the official name; the official option files run unchanged apart from the fixes
+commented in ours.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Inference side of ``SRArchModel``: padding, tiling, self-ensemble and validation with per-image metrics.
 
 ``test()`` runs the network (the EMA copy when present) in eval mode without gradients on the LR batch
-``self.lq`` and always returns ``net_g`` to the mode it was in. Each forward pads its input (reflect,
-bottom/right) so that H and W are at least ``default_min_input_size()`` and multiples of
-``pad_multiple``, then crops the output back to ``scale * (H, W)``. Around that:
+``self.lq`` and always returns ``net_g`` to the mode it was in. The networks of this package take any input
+size (each pads itself as its family spec says); a top-level ``pad_multiple`` in the options adds reflect
+padding (bottom/right) to that multiple around any network, cropped off again. Around that:
 
-* tiling (``val.tile`` or top-level ``tile``; ``sr_arch.utils.tiling``), each tile padded as above;
+* tiling (``val.tile`` or top-level ``tile``; ``sr_arch.utils.tiling``), tile sides multiples of the network's
+  pad multiple;
 * x8 self-ensemble (``val.self_ensemble: true``): flips/transposes, outputs transformed back and averaged.
 
 ``nondist_validation`` is basicsr's loop plus per-image metrics and timings, kept in
@@ -22,7 +23,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from sr_arch.archs.arch_util import pad_to_multiple
+from sr_arch.archs import find_family_spec
+from sr_arch.archs.layers import pad_to_multiple, pad_to_size
+from sr_arch.archs.spec import SizeRules
 from sr_arch.utils.results import DatasetResult, ImageResult
 from sr_arch.utils.tiling import Forward, Tiler, TileOptions
 
@@ -54,11 +57,7 @@ def dihedral_inverse(x: Tensor, transpose: bool, flip_w: bool, flip_h: bool) -> 
 
 def pad_for_network(lq: Tensor, pad_multiple: int = 1, min_size: int = 1) -> Tensor:
     """(B, C, H, W) -> reflect-padded (bottom/right) to H, W >= ``min_size`` and multiples of ``pad_multiple``."""
-    h, w = lq.shape[-2:]
-    if h < min_size or w < min_size:
-        lq, _ = pad_to_multiple(lq, (min_size if h < min_size else 1, min_size if w < min_size else 1))
-    lq, _ = pad_to_multiple(lq, pad_multiple)
-    return lq
+    return pad_to_multiple(pad_to_size(lq, min_size, min_size), pad_multiple)[0]
 
 
 def padded_forward(run: Forward, lq: Tensor, scale: int, pad_multiple: int = 1, min_size: int = 1) -> Tensor:
@@ -93,37 +92,28 @@ def default_metrics(scale: int) -> dict[str, dict[str, Any]]:
             'ssim': {'type': 'calculate_ssim', 'crop_border': scale, 'test_y_channel': True}}
 
 
+def network_size_rules(network_opt: dict[str, Any] | None) -> SizeRules:
+    """The size rules of ``network_g``'s family (``FamilySpec.size_rules``); (1, 1) for other networks."""
+    network_opt = dict(network_opt or {})
+    spec = find_family_spec(network_opt.pop('type', None))
+    return spec.size_rules(network_opt) if spec is not None else SizeRules(1, 1)
+
+
 class InferenceMixin:
     """Mixed into basicsr's ``SRModel``; expects ``self.opt``, ``self.net_g``, ``self.lq``."""
 
-    def default_pad_multiple(self) -> int:
-        """Multiple of H and W the network needs when the option file does not say; subclasses override."""
-        return 1
-
-    def default_min_input_size(self) -> int:
-        """Smallest H and W the network accepts; smaller inputs are padded up to it. Subclasses override."""
-        return 1
-
     @property
     def pad_multiple(self) -> int:
-        return int(self.opt.get('pad_multiple') or self.default_pad_multiple())
+        """The option file's ``pad_multiple``, else the network's own (tile sides are multiples of it)."""
+        return int(self.opt.get('pad_multiple') or network_size_rules(self.opt.get('network_g')).pad_multiple)
 
     def inference_network(self) -> nn.Module:
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
 
-    def pad_input(self, lq: Tensor) -> Tensor:
-        """(B, C, H, W) -> reflect-padded to >= the minimum size and a multiple of ``pad_multiple``."""
-        return pad_for_network(lq, self.pad_multiple, self.default_min_input_size())
-
-    def run_network(self, net: nn.Module, lq: Tensor) -> Tensor:
-        """Network forward on a padded (B, C, H, W) LR batch; returns (B, C, sH, sW)."""
-        return net(lq)
-
     def forward_any_size(self, net: nn.Module, lq: Tensor) -> Tensor:
-        """(B, C, H, W) of any size -> (B, C, sH, sW): ``pad_input``, ``run_network``, crop."""
-        scale = self.opt['scale']
-        h, w = lq.shape[-2:]
-        return self.run_network(net, self.pad_input(lq))[..., :h * scale, :w * scale]
+        """(B, C, H, W) of any size -> (B, C, sH, sW); padded to the option file's ``pad_multiple`` if it has one."""
+        multiple = self.opt.get('pad_multiple')
+        return padded_forward(net, lq, self.opt['scale'], int(multiple)) if multiple else net(lq)
 
     def tile_options(self) -> TileOptions | None:
         """``val.tile`` if present, else the top-level ``tile`` block (HAT's official place), else None."""

@@ -33,6 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from sr_arch.archs import find_family_spec
+from sr_arch.archs.spec import NETWORK_KWARGS_KEY
 from sr_arch.utils import dist as dist_utils
 from sr_arch.utils.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint, strip_prefix
 
@@ -477,6 +479,10 @@ class TrainingMixin:
         payload = {key: OrderedDict((name, tensor.detach().cpu()) for name, tensor in
                                     strip_prefix(self.get_bare_model(n).state_dict()).items())
                    for n, key in zip(nets, keys)}
+        bare = self.get_bare_model(nets[0])
+        spec = find_family_spec(type(bare).__name__)
+        if spec is not None and spec.checkpoint.stored_kwargs:  # what `sr-arch infer` cannot read from shapes
+            payload[NETWORK_KWARGS_KEY] = spec.stored_kwargs_of(bare)
         label = 'latest' if current_iter == -1 else current_iter
         atomic_save(payload, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
