@@ -44,7 +44,7 @@ def golden_outputs(network_class: type, case: str, backend: str) -> tuple[torch.
 
     Returns (first output, second output: the one that reuses cached masks / biases, golden case).
     """
-    from sr_arch.archs.arch_util import attention_backend
+    from sr_arch.archs.layers import attention_backend
 
     golden = load_golden(case)
     net = network_class(**golden['kwargs'])
@@ -54,12 +54,22 @@ def golden_outputs(network_class: type, case: str, backend: str) -> tuple[torch.
         return net(golden['input']), net(golden['input']), golden
 
 
+def golden_tolerance(output: torch.Tensor) -> float:
+    """1e-5, relative to the output's magnitude where that exceeds 1.
+
+    The golden outputs hold the official machine's float32 rounding. ESRT's (|output| up to 22) differ from a
+    float64 evaluation of the same weights by 1.2e-5 already, so on another CPU's kernels an absolute 1e-5
+    cannot hold for them; for outputs within [-1, 1] the bound is the absolute 1e-5.
+    """
+    return 1e-5 * max(1.0, output.abs().max().item())
+
+
 def assert_matches_golden(network_class: type, case: str, backend: str) -> None:
-    """Both forwards equal the official output within 1e-5, and each other exactly."""
+    """Both forwards equal the official output within ``golden_tolerance``, and each other exactly."""
     out, again, golden = golden_outputs(network_class, case, backend)
     assert out.shape == golden['output'].shape
     diff = (out - golden['output']).abs().max().item()
-    assert diff <= 1e-5, f'{case} ({backend}): max abs diff {diff}'
+    assert diff <= golden_tolerance(golden['output']), f'{case} ({backend}): max abs diff {diff}'
     assert torch.equal(out, again)
 
 
@@ -182,10 +192,19 @@ def derive_options(src_yml: str, overrides: dict, dst_yml: str) -> dict:
     return opt
 
 
-def run_script(script: str, args: list[str], cwd: str, timeout: int = 600, check: bool = True,
+#: subprocesses of the tests run on one thread: on a busy machine several OpenMP threads per process spin for
+#: cores that other processes hold, and a run takes many times longer
+ONE_THREAD = {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+
+#: time limit of one subprocess: a safety net for hangs, not a speed check (the slowest training run takes
+#: about 3 minutes on an idle 2-core machine; this leaves room for a machine several times busier)
+SUBPROCESS_TIMEOUT = 3600
+
+
+def run_script(script: str, args: list[str], cwd: str, timeout: int = SUBPROCESS_TIMEOUT, check: bool = True,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python <repo>/<script> args`` in ``cwd`` and return the completed process (text output)."""
-    full_env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
+    """Run ``python <repo>/<script> args`` in ``cwd`` on one thread and return the completed process (text)."""
+    full_env = dict(os.environ, PYTHONPATH=REPO_ROOT, **ONE_THREAD)
     if env:
         full_env.update(env)
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), *args], cwd=cwd, env=full_env,
@@ -206,7 +225,7 @@ def psnr_y(sr_rgb_uint8: np.ndarray, hr_rgb_uint8: np.ndarray, crop_border: int)
 
 def upscale_with(net: torch.nn.Module, lr_rgb_uint8: np.ndarray, pad_multiple: int = 1) -> np.ndarray:
     """Run ``net`` in eval mode on one uint8 RGB LR image; returns uint8 RGB SR."""
-    from sr_arch.archs.arch_util import pad_to_multiple
+    from sr_arch.archs.layers import pad_to_multiple
 
     x = torch.from_numpy(lr_rgb_uint8).permute(2, 0, 1).float().div(255.0)[None]
     h, w = x.shape[-2:]

@@ -1,11 +1,11 @@
-"""arch_util's shared attention pieces: the fused kernel choice, window_attention and MaskScratch."""
+"""The shared attention pieces (sr_arch.archs.layers): the fused kernel choice, window_attention and MaskScratch."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.profiler import profile
 
-from sr_arch.archs.arch_util import (MaskScratch, add_shift_mask, attention, attention_backend, plain_formulation,
+from sr_arch.archs.layers import (MaskScratch, add_shift_mask, attention, attention_backend, plain_formulation,
                                      shifted_window_mask, window_attention, window_partition)
 
 HEADS, WINDOW, DIM = 3, (4, 8), 12
@@ -123,13 +123,13 @@ def test_networks_release_their_scratch_after_forward():
 @pytest.mark.parametrize('bias_rows', [None, 1, 16])
 def test_unfused_attention_in_query_slices_is_exact(monkeypatch, bias_rows):
     """Wider v than q/k has no fused CPU kernel; large score matrices are then built a slice of queries at a time."""
-    from sr_arch.archs import arch_util
+    from sr_arch.archs.layers import attention_ops
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, HEADS, 16, 5), torch.randn(2, HEADS, 6, 5), torch.randn(2, HEADS, 6, 10)
     bias = None if bias_rows is None else torch.randn(HEADS, bias_rows, 6)
     whole = attention(q, k, v, 0.4, bias)
-    monkeypatch.setattr(arch_util, 'PLAIN_SCORES_LIMIT', 2 * HEADS * 3 * 6)  # 3 query rows per slice (6 slices)
+    monkeypatch.setattr(attention_ops, 'PLAIN_SCORES_LIMIT', 2 * HEADS * 3 * 6)  # 3 query rows per slice (6 slices)
     sliced = attention(q, k, v, 0.4, bias)
     assert sliced.shape == whole.shape
     assert (sliced - whole).abs().max().item() < 1e-6
@@ -137,7 +137,7 @@ def test_unfused_attention_in_query_slices_is_exact(monkeypatch, bias_rows):
 
 @pytest.mark.parametrize('with_bias', [True, False])
 def test_grouped_token_linear_equals_the_layers_on_their_channel_groups(with_bias):
-    from sr_arch.archs.arch_util import grouped_token_linear
+    from sr_arch.archs.layers import grouped_token_linear
 
     torch.manual_seed(0)
     layers = [torch.nn.Linear(6, 4, bias=with_bias) for _ in range(3)]

@@ -8,7 +8,7 @@ import sys
 
 import cv2
 import pytest
-from helpers import REPO_ROOT
+from helpers import ONE_THREAD, REPO_ROOT, SUBPROCESS_TIMEOUT
 
 from sr_arch import demo
 from sr_arch.data.prepare.lmdb_store import read_meta_info
@@ -19,8 +19,8 @@ def test_demo_smoke_run_writes_table_and_side_by_side_png(tmp_path):
     command = [sys.executable, '-m', 'sr_arch', 'demo', '--out', str(tmp_path), '--iters', '2', '--train-size', '96',
                '--heldout-size', str(heldout), '--force_yml', 'datasets:train:batch_size_per_gpu=2',
                'datasets:train:num_worker_per_gpu=0']
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, **ONE_THREAD)
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(

@@ -76,7 +76,7 @@ def test_another_network_gets_the_closest_family_and_counts():
     with pytest.raises(DetectionError) as error:
         detect_architecture(state, 'srresnet.pth')
     message = str(error.value)
-    assert message.startswith('srresnet.pth: not a checkpoint of HAT, RGT, GRFormer, ESRT, LabNet; closest is ')
+    assert message.startswith('srresnet.pth: not a checkpoint of ESRT, GRFormer, HAT, LabNet, RGT; closest is ')
     assert ' missing (' in message and ' unexpected (' in message and '\n' not in message
 
 

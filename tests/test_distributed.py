@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import sr_arch  # noqa: F401
-from helpers import HELDOUT_PHOTOS, REPO_ROOT, make_paired_folder
+from helpers import HELDOUT_PHOTOS, ONE_THREAD, REPO_ROOT, SUBPROCESS_TIMEOUT, make_paired_folder
 from sr_arch import train as train_module
 from sr_arch.utils import dist as dist_utils
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
@@ -82,10 +82,10 @@ def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
     runner = ddp_root / 'runner.py'
     runner.write_text(_RANK_RUNNER.format(tests=TESTS_DIR))
     yml = write_options(ddp_root, ddp_options(paired, val_paired, one_image, 'ddp', batch=2))
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, **ONE_THREAD)
     returncode, output = run_process_group([sys.executable, '-m', 'torch.distributed.run', '--standalone',
                                             '--nproc_per_node=2', str(runner), '-opt', yml, '--launcher', 'pytorch'],
-                                           cwd=str(ddp_root), env=env, timeout=240)
+                                           cwd=str(ddp_root), env=env, timeout=SUBPROCESS_TIMEOUT)
     assert returncode == 0, output[-6000:]
     ranks = [torch.load(str(ddp_root / f'rank{r}.pt'), weights_only=True) for r in (0, 1)]
 
@@ -144,10 +144,10 @@ def test_slurm_launcher_initialises_a_gloo_group_from_srun_variables(tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'MASTER_', 'RANK', 'WORLD_SIZE'))}
     tasks = [subprocess.Popen([sys.executable, '-c', code, str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=dict(base, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
-                                                  SLURM_NTASKS='2', SLURM_NODELIST='localhost', OMP_NUM_THREADS='1'))
+                                                  SLURM_NTASKS='2', SLURM_NODELIST='localhost', **ONE_THREAD))
              for rank in (0, 1)]
     try:
-        outputs = [task.communicate(timeout=120)[0] for task in tasks]
+        outputs = [task.communicate(timeout=SUBPROCESS_TIMEOUT)[0] for task in tasks]
     finally:
         for task in tasks:
             if task.poll() is None:

@@ -1,4 +1,5 @@
-"""ESRT: official equivalence, EMHA banding and memory, checkpoints, option files, training."""
+"""ESRT family specifics: EMHA banding and memory, SDPA bands, checkpoints with DataParallel prefixes, errors,
+option files, training (the rules every family keeps are in test_arch_contract.py)."""
 from __future__ import annotations
 
 import glob
@@ -16,8 +17,8 @@ from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, bicubic_downsample, bicubic_u
                      load_golden, load_manifests, load_options, make_paired_folder, photo, psnr_y, run_script,
                      upscale_with)
 from sr_arch.archs import esrt_arch
-from sr_arch.archs.arch_util import attention_backend
-from sr_arch.archs.esrt_arch import ESRT, ESRT_VARIANTS, EfficientMultiHeadAttention, band_attention, band_bounds
+from sr_arch.archs.layers import attention_backend
+from sr_arch.archs.esrt_arch import ESRT, EfficientMultiHeadAttention, band_attention, band_bounds
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 
 GOLDEN = golden_cases('ESRT')
@@ -52,25 +53,13 @@ def official_emha(module: EfficientMultiHeadAttention, x: torch.Tensor) -> torch
 
 # ---------------------------------------------------------------- official equivalence
 
-def test_golden_cases_exist():
-    assert GOLDEN == ['esrt_x2', 'esrt_x4']
-
-
-@pytest.mark.parametrize('backend', ['sdpa', 'plain'])
-@pytest.mark.parametrize('case', GOLDEN)
-def test_matches_official_outputs(case, backend):
-    net, golden = golden_net(case)
-    with torch.no_grad(), attention_backend(backend):
-        out = net(golden['input'])
-    assert out.shape == golden['output'].shape
-    assert (out - golden['output']).abs().max().item() <= 1e-5
-
 
 @pytest.mark.parametrize('case', GOLDEN)
 def test_sdpa_kernel_is_as_close_to_exact_math_as_the_official_code(case, force_sdpa):
     # The golden weights (init + 0.05 noise) give outputs up to ~20, where one fp32 rounding step of
     # the attention scores moves the output by ~1e-5: the official fp32 output itself is 1.2-1.5e-5
-    # away from the same network computed in float64. SDPA may round differently but must be as close.
+    # away from the same network computed in float64 (and this CPU's fp32 kernels may round the convolutions
+    # differently again). SDPA may round differently but must be as close as the official formula in fp32.
     net, golden = golden_net(case)
     exact = ESRT(**golden['kwargs']).double().eval()
     exact.load_state_dict(golden['state_dict'])
@@ -78,9 +67,11 @@ def test_sdpa_kernel_is_as_close_to_exact_math_as_the_official_code(case, force_
         sdpa = net(golden['input'])
         with attention_backend('plain'):
             truth = exact(golden['input'].double())
-    official_error = (golden['output'].double() - truth).abs().max().item()
+            plain = net(golden['input'])
+    official_error = max((golden['output'].double() - truth).abs().max().item(),
+                         (plain.double() - truth).abs().max().item())
     sdpa_error = (sdpa.double() - truth).abs().max().item()
-    print(f'{case}: max |output - float64| official {official_error:.2e}, SDPA {sdpa_error:.2e}, '
+    print(f'{case}: max |output - float64| official formula {official_error:.2e}, SDPA {sdpa_error:.2e}, '
           f'max |SDPA - official| {(sdpa - golden["output"]).abs().max().item():.2e}')
     assert sdpa_error <= 1.5 * official_error
     assert (sdpa - golden['output']).abs().max().item() <= 3e-5
@@ -119,8 +110,8 @@ def test_emha_matches_official_banding(num_tokens, mode, monkeypatch):
             assert not torch.allclose(band_attention(q, k, v, 1 / 6), wrong, atol=1e-3)
 
 
-@pytest.mark.parametrize('size', [(5, 7), (2, 2), (9, 6)])
-def test_any_input_size_runs_and_backends_agree(size, force_sdpa):
+@pytest.mark.parametrize('size', [(5, 7), (2, 2), (9, 6), (1, 9)])
+def test_sdpa_bands_at_any_input_size_equal_the_plain_formulation(size, force_sdpa):
     net = ESRT(upscale=3).eval()
     x = torch.rand(1, 3, *size)
     with torch.no_grad():
@@ -209,22 +200,6 @@ def test_wrong_checkpoints_are_refused_by_name(tmp_path):
     ESRT(upscale=2).load_state_dict(extract_state_dict(load_checkpoint(path), source=path), strict=True)
 
 
-@pytest.mark.parametrize('scale', SCALES)
-def test_state_dict_matches_official_manifest(scale):
-    manifest = load_manifests()[f'ESRT x{scale}']
-    assert manifest['kwargs'] == ESRT_VARIANTS[f'ESRT x{scale}']
-    with torch.device('meta'):
-        net = ESRT(**ESRT_VARIANTS[f'ESRT x{scale}'])
-    ours = {k: [list(v.shape), str(v.dtype).replace('torch.', '')] for k, v in net.state_dict().items()}
-    official = manifest['state_dict'].items()
-    assert ours == {k: [list(shape), dtype.replace('torch.', '')] for k, (shape, dtype) in official}
-    assert sum(p.numel() for p in net.parameters()) == manifest['params']
-
-
-def test_variants_cover_the_manifest():
-    assert set(ESRT_VARIANTS) == {k for k, v in load_manifests().items() if v['family'] == 'ESRT'}
-
-
 # ---------------------------------------------------------------- errors
 
 @pytest.mark.parametrize('upscale', [1, 5, 6, 2.0, '4', True])
@@ -235,8 +210,6 @@ def test_bad_upscale_is_named(upscale):
 
 def test_bad_inputs_are_named():
     net = ESRT(upscale=2).eval()
-    with pytest.raises(ValueError, match=r'at least 2x2 pixels.*got 1x9'):
-        net(torch.rand(1, 3, 1, 9))
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\).*\(1, 1, 8, 8\)'):
         net(torch.rand(1, 1, 8, 8))
 
@@ -291,6 +264,7 @@ def same_photo(a: str, b: str) -> bool:
     return pa.shape == pb.shape and np.array_equal(pa, pb)
 
 
+@pytest.mark.slow
 def test_esrt_trains_from_our_option_file_and_beats_bicubic(tmp_path):
     # Held out: hubble_deep_field and cat (checked by pixels: scikit-image's cat is chelsea). retina's
     # centre is a flat red disc where bicubic reaches 54 dB, which a network trained for a minute cannot
@@ -313,7 +287,7 @@ def test_esrt_trains_from_our_option_file_and_beats_bicubic(tmp_path):
         'logger': {'print_freq': 100, 'save_checkpoint_freq': iters, 'use_tb_logger': False},
     }, str(tmp_path / 'train.yml'))
     start = time.time()
-    run_script('train.py', ['-opt', str(tmp_path / 'train.yml')], cwd=str(tmp_path), timeout=1800)
+    run_script('train.py', ['-opt', str(tmp_path / 'train.yml')], cwd=str(tmp_path))
     print(f'training {iters} iterations took {time.time() - start:.1f} s')
 
     path, = glob.glob(str(tmp_path / 'experiments' / f'train_ESRT_SRx{scale}_DIV2K*' / 'models' / 'net_g_latest.pth'))

@@ -5,7 +5,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from helpers import REPO_ROOT
-from sr_arch.archs import arch_util
+from sr_arch.archs import layers
 from sr_arch.utils.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint
 
 
@@ -19,36 +19,36 @@ def test_relative_position_index_matches_swin():
     from basicsr.archs.swinir_arch import WindowAttention
 
     ref = WindowAttention(8, (4, 4), 2).relative_position_index
-    assert torch.equal(arch_util.relative_position_index((4, 4)), ref)
+    assert torch.equal(layers.relative_position_index((4, 4)), ref)
 
 
 def test_shifted_window_mask_matches_swin():
     from basicsr.archs.swinir_arch import SwinTransformerBlock
 
     block = SwinTransformerBlock(8, (16, 16), 2, window_size=4, shift_size=2)
-    assert torch.equal(arch_util.shifted_window_mask(16, 16, (4, 4), (2, 2)), block.calculate_mask((16, 16)))
+    assert torch.equal(layers.shifted_window_mask(16, 16, (4, 4), (2, 2)), block.calculate_mask((16, 16)))
 
 
 def test_attention_backends_agree():
     q, k, v = torch.randn(2, 3, 16, 8), torch.randn(2, 3, 20, 8), torch.randn(2, 3, 20, 5)
     bias = torch.randn(3, 16, 20)
-    fused = arch_util.attention(q, k, v, 0.3, bias)
-    with arch_util.attention_backend('plain'):
-        plain = arch_util.attention(q, k, v, 0.3, bias)
+    fused = layers.attention(q, k, v, 0.3, bias)
+    with layers.attention_backend('plain'):
+        plain = layers.attention(q, k, v, 0.3, bias)
     assert torch.allclose(fused, plain, atol=1e-5)
 
 
 def test_window_partition_roundtrip():
     x = torch.randn(2, 16, 32, 5)
-    windows = arch_util.window_partition(x, (8, 16))
+    windows = layers.window_partition(x, (8, 16))
     assert windows.shape == (2 * 2 * 2, 8, 16, 5)
-    assert torch.equal(arch_util.window_reverse(windows, (8, 16), 16, 32), x)
+    assert torch.equal(layers.window_reverse(windows, (8, 16), 16, 32), x)
 
 
 def test_pad_to_multiple_keeps_content_even_for_one_pixel_inputs():
     for h, w in [(1, 1), (1, 5), (5, 7), (16, 16), (17, 33)]:
         x = torch.rand(1, 3, h, w)
-        padded, (ph, pw) = arch_util.pad_to_multiple(x, 16)
+        padded, (ph, pw) = layers.pad_to_multiple(x, 16)
         assert padded.shape[-2] % 16 == 0 and padded.shape[-1] % 16 == 0
         assert (ph, pw) == (padded.shape[-2] - h, padded.shape[-1] - w)
         assert torch.equal(padded[..., :h, :w], x)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sr_arch.archs import arch_util
-from sr_arch.archs.arch_util import get_attention_backend, plain_formulation, size_caches_enabled
+from sr_arch.archs import layers
+from sr_arch.archs.layers import get_attention_backend, plain_formulation, lean_paths_enabled
 
 SPEED_SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'speed.py'
 #: tiny variant -> input (H, W): not the img_size of any persistent mask, not a multiple of the windows
@@ -29,13 +29,13 @@ speed = _load_speed_module()
 
 
 def test_plain_formulation_switches_backend_and_caches_and_restores_them():
-    assert get_attention_backend() == 'sdpa' and size_caches_enabled()
+    assert get_attention_backend() == 'sdpa' and lean_paths_enabled()
     with pytest.raises(RuntimeError, match='inside'):
         with plain_formulation():
-            assert get_attention_backend() == 'plain' and not size_caches_enabled()
+            assert get_attention_backend() == 'plain' and not lean_paths_enabled()
             raise RuntimeError('inside')
-    assert get_attention_backend() == 'sdpa' and size_caches_enabled()
-    assert arch_util._size_caches_enabled is True
+    assert get_attention_backend() == 'sdpa' and lean_paths_enabled()
+    assert layers.context._lean_paths_enabled is True
 
 
 @pytest.mark.parametrize('variant', sorted(FAMILY_INPUTS))
@@ -58,10 +58,10 @@ def test_plain_formulation_rebuilds_grformer_masks_and_bias():
     block = next(m for m in net.modules() if type(m).__name__ == 'GRSAB' and m.shifted)
     with torch.no_grad(), plain_formulation():
         net(torch.rand(1, 3, 16, 32))
-    assert block.shift_masks.masks == {} and block.attn._position_bias_cache is None
+    assert block.shift_masks.masks == {} and block.attn.bias_cache._entry is None
     with torch.no_grad():
         net(torch.rand(1, 3, 16, 32))
-    assert len(block.shift_masks.masks) == 1 and block.attn._position_bias_cache is not None
+    assert len(block.shift_masks.masks) == 1 and block.attn.bias_cache._entry is not None
 
 
 def test_benchmark_writes_json_and_markdown(tmp_path):
