@@ -316,6 +316,8 @@ def collect_methods(args: argparse.Namespace, hr: np.ndarray, lr: np.ndarray) ->
             name, image = run_checkpoint(path, lr, args.scale, args)
         else:
             image_path = find_sr_image(path, stem)
+            if os.path.samefile(image_path, args.hr):
+                raise CompareError(f'--sr {image_path}: this is the HR image itself')
             image = read_bgr(image_path, '--sr')
             name = os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else os.path.splitext(
                 os.path.basename(path))[0]

@@ -242,7 +242,9 @@ def lr_size_problems(dataset: Any, scale: int) -> list[LRSizeProblem]:
             continue  # unreadable: the dataset's own error names it when it gets there
         if (lq[0], lq[1]) != (gt[0] // scale, gt[1] // scale):
             problems.append(LRSizeProblem(os.path.basename(pair['lq_path']), (lq[0], lq[1]), (gt[0], gt[1])))
-    return problems
+    from sr_arch.utils.results import natural_key
+
+    return sorted(problems, key=lambda problem: natural_key(problem.name))
 
 
 def check_lr_sizes(dataset: Any, scale: int, where: str) -> None:
@@ -265,8 +267,9 @@ def check_lr_sizes(dataset: Any, scale: int, where: str) -> None:
 def check_checkpoint_scale(opt: dict[str, Any]) -> None:
     """Raise ``OptionError`` when ``path.pretrain_network_g`` holds a known network of another scale.
 
-    The message is ``sr-arch infer``'s ("the checkpoint is ESRT x2, it cannot upscale x4"); checkpoints
-    of networks the detector does not know, and unreadable files, are left to the weight loading.
+    The message is ``sr-arch infer``'s ("the checkpoint is ESRT x2, it cannot upscale x4"). Only for
+    ``network_g`` types the detector knows (HAT, RGT, GRFormer, ESRT, LabNet); other networks, checkpoints
+    it does not recognise and unreadable files are left to the weight loading.
     """
     from sr_arch.utils.options import OptionError
 
@@ -276,10 +279,11 @@ def check_checkpoint_scale(opt: dict[str, Any]) -> None:
     source = opt.get('opt_path', '<options>')
     if upscale is not None and upscale != scale:
         raise OptionError(f'{source}: network_g.upscale is {upscale} but scale is {scale}; they must agree')
-    if not path or not os.path.isfile(path):
+    from sr_arch.utils.detect import FAMILY_MODULES, detect_architecture
+
+    if not path or not os.path.isfile(path) or (opt.get('network_g') or {}).get('type') not in FAMILY_MODULES:
         return
     from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
-    from sr_arch.utils.detect import detect_architecture
 
     try:
         param_key = (opt.get('path') or {}).get('param_key_g', 'params')
