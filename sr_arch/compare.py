@@ -24,7 +24,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np

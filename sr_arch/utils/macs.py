@@ -105,8 +105,9 @@ def network_macs(net: nn.Module, run: Callable[[nn.Module, Tensor], Tensor], inp
 
     ``run`` is the whole inference step (e.g. a model's ``forward_any_size``: padding, forward, crop).
     ``net`` itself is not touched (a network already on the meta device is used as it is). Meta kernels
-    run in Python, so this takes seconds whatever the input size (LabNet x4: about 8 s on one thread). When the meta copy cannot run (an op without a meta kernel, a
-    value-dependent branch), the count runs ``net`` on its own device (still the plain formulation).
+    run in Python, so this takes seconds whatever the input size (LabNet x4: about 8 s on one thread).
+    When the meta copy cannot run (an op without a meta kernel, a value-dependent branch), the count runs
+    ``net`` on its own device (still the plain formulation).
     """
     try:
         tensors = [*net.parameters(), *net.buffers()]
