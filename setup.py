@@ -21,6 +21,7 @@ setup(
     long_description=open(os.path.join(HERE, 'README.md')).read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['sr_arch', 'sr_arch.*']),
+    package_data={'sr_arch': ['data/*.yaml']},  # published_results.yaml
     python_requires='>=3.10',
     # torch / torchvision are pinned to the pair that installs from this project's wheel cache.
     install_requires=[

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'infer': ('sr_arch.infer', 'upscale images or folders with any supported checkpoint'),
     'prepare': ('sr_arch.prepare', 'prepare datasets: sub-images, bicubic LR, LMDB, meta-info, benchmarks'),
     'profile': ('sr_arch.profile', 'parameters, MACs, latency and peak memory of an architecture'),
+    'compare': ('sr_arch.compare', 'paper-style visual comparison figure: zoomed crops with PSNR / SSIM'),
     'demo': ('sr_arch.demo', 'train a small network on bundled photos and benchmark it against bicubic'),
 }
 

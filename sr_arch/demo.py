@@ -251,8 +251,19 @@ def benchmark(net: Any, data: DemoData, scale: int, out_dir: str) -> list[ImageS
                    for img in (bicubic, sr) for fn in (calculate_psnr, calculate_ssim)]
         scores.append(ImageScores(os.path.splitext(name)[0], *map(float, metrics)))
         write_png(os.path.join(out_dir, f'{os.path.splitext(name)[0]}_x{scale}_bicubic-sr-hr.png'),
-                  side_by_side(bicubic, sr, gt))
+                  labelled_side_by_side(scores[-1], type(net).__name__, bicubic, sr, gt))
     return scores
+
+
+def labelled_side_by_side(score: ImageScores, arch: str, bicubic: np.ndarray, sr: np.ndarray, gt: np.ndarray
+                          ) -> np.ndarray:
+    """bicubic | network | HR (uint8 BGR, equal sizes) with a caption under each: name, PSNR / SSIM (Y)."""
+    from sr_arch.compare import labelled_panel, metric_caption, panel_row
+
+    panels = [labelled_panel(bicubic, ['Bicubic', metric_caption(score.bicubic_psnr, score.bicubic_ssim)]),
+              labelled_panel(sr, [arch, metric_caption(score.sr_psnr, score.sr_ssim)]),
+              labelled_panel(gt, ['HR', ''])]
+    return panel_row(panels, gap=4)
 
 
 def format_table(scores: Sequence[ImageScores], arch: str, scale: int) -> str:

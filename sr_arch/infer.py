@@ -271,7 +271,7 @@ def parse_arch_options(items: list[str]) -> dict[str, Any]:
 
 
 def _tiler(args: argparse.Namespace, multiple: int, device: torch.device) -> Any:
-    from sr_arch.utils.tiling import Tiler, TileOptions
+    from sr_arch.utils.tiling import TileOptions, TileProgressBar, Tiler
 
     if args.tile is None:
         return None
@@ -289,7 +289,8 @@ def _tiler(args: argparse.Namespace, multiple: int, device: torch.device) -> Any
         options = TileOptions.from_opt(block, '--tile')
     except ValueError as err:
         raise InferenceError(str(err)) from err
-    return Tiler(options, multiple=multiple, output_device='cpu' if device.type == 'cuda' else None)
+    return Tiler(options, multiple=multiple, output_device='cpu' if device.type == 'cuda' else None,
+                 progress=TileProgressBar(sys.stderr))
 
 
 def _one_line(message: str) -> str:

@@ -4,8 +4,9 @@
     sr-arch profile --arch RGT --scale 2 --size 128x128        # every published RGT variant
     sr-arch profile --model experiments/x/models/net_g_latest.pth --size 64x64
 
-* MACs = FLOPs / 2 from ``torch.utils.flop_counter.FlopCounterMode``: matrix multiplications,
-  convolutions and attention kernels; element-wise ops, norms and resizes are not counted.
+* MACs = FLOPs / 2 of what the network computes, whatever kernel runs it (``sr_arch.utils.macs``):
+  ``FlopCounterMode`` over the plain (official) formulation on a meta-device copy of the network:
+  matrix products, convolutions, attention; element-wise ops, norms and resizes are not counted.
 * Latency: median of ``--repeats`` timed forward passes after ``--warmup`` untimed ones (no gradients,
   eval mode, CUDA synchronised).
 * Peak memory: CUDA: ``torch.cuda.max_memory_allocated`` during one forward, above the weights and the
@@ -56,13 +57,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def count_macs(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
-    """Multiply-accumulates of one ``forward(x)`` (FLOPs counted by FlopCounterMode, halved)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Multiply-accumulates of one ``forward(x)`` on ``x``'s device (``sr_arch.utils.macs.count_macs``)."""
+    from sr_arch.utils.macs import count_macs as count
 
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        forward(x)
-    return counter.get_total_flops() / 2
+    return count(forward, x).total
 
 
 def median_latency(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int,
@@ -83,10 +81,14 @@ def median_latency(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     return statistics.median(times)
 
 
-def profile_network(name: str, net: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], scale: int,
-                    size: tuple[int, int], device: torch.device, dtype: torch.dtype, batch: int = 1,
-                    repeats: int = 5, warmup: int = 1, in_chans: int = 3) -> ProfileRow:
-    """Measure one network (already on ``device``/``dtype``, eval mode) on a (batch, in_chans, H, W) input."""
+def profile_network(name: str, net: torch.nn.Module, scale: int, size: tuple[int, int], device: torch.device,
+                    dtype: torch.dtype, batch: int = 1, repeats: int = 5, warmup: int = 1,
+                    in_chans: int = 3) -> ProfileRow:
+    """Measure one network (already on ``device``/``dtype``, eval mode) on a (batch, in_chans, H, W) input.
+
+    MACs are counted on a meta-device copy of ``net`` (no compute, no activation memory).
+    """
+    from sr_arch.utils.macs import network_macs
     from sr_arch.utils.tiling import measure_peak_memory
 
     dtype_name = next(k for k, v in _DTYPES.items() if v == dtype)
@@ -94,10 +96,14 @@ def profile_network(name: str, net: torch.nn.Module, forward: Callable[[torch.Te
     row.params = sum(p.numel() for p in net.parameters())
     x = torch.rand(batch, in_chans, *size, device=device, dtype=dtype)
     try:
-        row.macs = count_macs(forward, x)
+        macs = network_macs(net, tuple(x.shape), dtype)
+        row.macs = macs.total
+        if macs.uncounted:
+            print(f'sr-arch profile: warning: {name}: ops without a MAC formula, not counted: '
+                  f'{", ".join(macs.uncounted)}', file=sys.stderr)
         with torch.no_grad():
-            row.peak_memory_mib = measure_peak_memory(lambda: forward(x), device) / 2**20
-        row.latency_ms = median_latency(forward, x, repeats, warmup) * 1000
+            row.peak_memory_mib = measure_peak_memory(lambda: net(x), device) / 2**20
+        row.latency_ms = median_latency(net, x, repeats, warmup) * 1000
     except Exception as err:  # noqa: BLE001  (e.g. bf16 unsupported by an op on this device: report, go on)
         row.error = f'{type(err).__name__}: {" ".join(str(err).split())[:200]}'
     return row
@@ -178,13 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         except InferenceError as err:
             print(f'sr-arch profile: error: {err}', file=sys.stderr)
             return 2
-        rows.append(profile_network(loaded.detection.describe(), loaded.net, loaded.forward, loaded.scale, args.size,
-                                    device, dtype, args.batch, args.repeats, args.warmup,
-                                    loaded.detection.kwargs.get('in_chans', 3)))
+        rows.append(profile_network(loaded.detection.describe(), loaded.net, loaded.scale, args.size, device, dtype,
+                                    args.batch, args.repeats, args.warmup, loaded.detection.kwargs.get('in_chans', 3)))
     else:
         for name, family, kwargs in _configurations(args):
             net = family_spec(family).cls(**kwargs).eval().to(device=device, dtype=dtype)
-            rows.append(profile_network(name, net, net, kwargs['upscale'], args.size, device, dtype, args.batch,
+            rows.append(profile_network(name, net, kwargs['upscale'], args.size, device, dtype, args.batch,
                                         args.repeats, args.warmup, kwargs.get('in_chans', 3)))
             del net
     print(format_table(rows, args.format))

@@ -36,7 +36,8 @@ def test_demo_smoke_run_writes_table_and_side_by_side_png(tmp_path):
     assert '| **mean** |' in results
     for name in demo.DEMO_HELDOUT_PHOTOS:
         png = cv2.imread(str(exp / 'demo' / f'{name}_x2_bicubic-sr-hr.png'))
-        assert png.shape == (heldout, 3 * heldout + 2 * 4, 3)  # bicubic | SR | HR with two 4-px gaps
+        # bicubic | SR | HR with 4-px gaps, each captioned below (name, PSNR / SSIM): wider and taller
+        assert png.shape[0] > heldout and png.shape[1] >= 3 * heldout + 2 * 4
 
     train_keys = read_meta_info(str(tmp_path / 'datasets' / 'demo' / 'train_96px' / 'GTmod2.lmdb'))
     assert sorted(train_keys) == sorted(demo.DEMO_TRAIN_PHOTOS)

@@ -147,7 +147,8 @@ def test_realnet_psnr_stage_trains_on_cpu_from_our_option_file(psnr_stage):
     root, proc, _ = psnr_stage
     models = os.path.join(root, 'experiments', 'train_RealNet_SRx4_psnr', 'models')
     checkpoint = load_checkpoint(os.path.join(models, 'net_g_2.pth'))
-    assert set(checkpoint) == {'params', 'params_ema'}  # EMA 0.999
+    assert set(checkpoint) == {'params', 'params_ema', 'network_kwargs'}  # EMA 0.999
+    assert checkpoint['network_kwargs'] == {'residual_antialias': True}  # the bicubic residual mode it trained with
     log = proc.stdout + proc.stderr
     assert 'l_pix' in log
     # validation on a paired set reports PSNR, SSIM and NIQE (NIQE of a real photo's SR is a finite number)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from sr_arch.data.blind_sr_dataset import degrade, gaussian_kernel, mod_crop
 
@@ -150,7 +151,8 @@ def generate_set(hr_folder: str, out_folder: str, scale: int, overwrite: bool = 
     if not names:
         raise FileNotFoundError(f'no images in {hr_folder}')
     written = skipped = 0
-    for name in names:
+    label = f'{os.path.basename(os.path.dirname(os.path.normpath(out_folder)))} x{scale}'
+    for name in tqdm(names, desc=label, unit='image', leave=False, file=sys.stderr):
         out_name = os.path.splitext(name)[0] + '.png'
         targets = {key: os.path.join(folder, out_name) for key, folder in folders.items()}
         todo = [key for key, path in targets.items() if overwrite or not os.path.isfile(path)]

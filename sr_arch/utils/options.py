@@ -3,7 +3,9 @@
 ``parse_options`` returns basicsr's ``opt`` dict (``dist``, ``rank``, ``world_size``, ``num_gpu``,
 ``is_train``, ``auto_resume``, derived ``path`` entries…) after:
 
-* ``--force_yml a:b=value`` overrides (values parsed as YAML; ``none``/``~`` is None);
+* ``--force_yml a:b=value`` overrides (values parsed as YAML; ``none``/``~`` is None); a dataset set to
+  None (``--force_yml datasets:test_3=~``) is skipped, and testing's ``--sets Set5,Urban100`` keeps only
+  the named datasets, both before the option file is validated (a skipped set's folders need not exist);
 * ``num_gpu: auto`` -> the number of visible GPUs (0 on a CPU-only machine: train on the CPU);
 * ``--launcher pytorch|slurm`` -> torch.distributed initialised (NCCL on GPUs, gloo on CPUs);
   torchrun's ``--local-rank`` and ``--local_rank`` are both accepted;
@@ -42,7 +44,16 @@ def build_arg_parser(is_train: bool = True) -> argparse.ArgumentParser:
     parser.add_argument('--local_rank', '--local-rank', dest='local_rank', type=int, default=None,
                         help='set by torch.distributed.launch; torchrun passes LOCAL_RANK in the environment')
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
-                        help='override options, e.g. train:ema_decay=0.999 datasets:train:batch_size_per_gpu=2')
+                        help='override options, e.g. train:ema_decay=0.999 datasets:train:batch_size_per_gpu=2; '
+                        'datasets:test_3=~ skips that dataset')
+    if not is_train:
+        parser.add_argument('--sets', metavar='NAMES', help='comma-separated dataset names to test, e.g. '
+                            'Set5,Urban100 (default: every dataset of the option file)')
+        parser.add_argument('--bicubic', action='store_true',
+                            help='also run MATLAB bicubic on the same data: a Bicubic row in paper.md')
+        parser.add_argument('--published', metavar='MODEL',
+                            help="published numbers to put beside ours in paper.md, e.g. 'HAT-ImageNet' (default: "
+                            "the variant the option file tests; 'none' for no published row)")
     return parser
 
 
@@ -96,6 +107,36 @@ def apply_force_yml(opt: dict[str, Any], entries: list[str], source: str) -> lis
             created.append(keys_text.strip())
         node[keys[-1]] = parse_yml_value(value_text)
     return created
+
+
+def drop_skipped_datasets(opt: dict[str, Any]) -> list[str]:
+    """Remove the datasets set to None (e.g. by ``--force_yml datasets:test_3=~``); returns their keys."""
+    datasets = opt.get('datasets')
+    if not isinstance(datasets, dict):
+        return []
+    skipped = [key for key, value in datasets.items() if value is None]
+    for key in skipped:
+        del datasets[key]
+    return skipped
+
+
+def select_datasets(opt: dict[str, Any], names_text: str, source: str) -> None:
+    """Keep only the datasets named in ``names_text`` ('Set5,Urban100'; case-insensitive; a name also selects
+    LabNet's Gaussian8 widths ``<name>_sig<width>``). An unknown name is an ``OptionError`` listing the known."""
+    wanted = [name.strip() for name in names_text.split(',') if name.strip()]
+    datasets = opt.get('datasets') or {}
+    names = {key: str(block.get('name', key)) for key, block in datasets.items() if isinstance(block, dict)}
+
+    def selected_by(name: str, dataset_name: str) -> bool:
+        low, dataset_low = name.lower(), dataset_name.lower()
+        return dataset_low == low or dataset_low.startswith(f'{low}_sig')
+
+    unknown = [name for name in wanted if not any(selected_by(name, n) for n in names.values())]
+    if not wanted or unknown:
+        raise OptionError(f"--sets {names_text!r}: {'no dataset named ' + ', '.join(unknown) if unknown else 'empty'}"
+                          f" in {source} (datasets: {', '.join(dict.fromkeys(names.values())) or 'none'})")
+    for key in [k for k, n in names.items() if not any(selected_by(name, n) for name in wanted)]:
+        del datasets[key]
 
 
 def require(opt: dict[str, Any], dotted: str, source: str) -> Any:
@@ -154,6 +195,9 @@ def parse_options(root_path: str, is_train: bool = True, argv: list[str] | None 
     if args.force_yml:
         for key in apply_force_yml(opt, args.force_yml, source):
             print(f'--force_yml created {key} (not in {source})', flush=True)
+    drop_skipped_datasets(opt)
+    if getattr(args, 'sets', None):
+        select_datasets(opt, args.sets, source)
 
     require(opt, 'name', source)
     require(opt, 'network_g.type', source)

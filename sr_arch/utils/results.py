@@ -12,6 +12,11 @@ Files (``write_results``):
 
 ``write_set_averages`` adds ``summary_by_set.{json,csv}`` and a section of ``summary.md`` for datasets
 that are parts of one benchmark set (LabNet's Gaussian8: one dataset per kernel width).
+
+Per-image tables list images in natural name order (``img_2`` before ``img_10``), whatever order the
+file system or the ranks gave them. ``paper_table`` / ``write_paper_table`` make the table of a paper:
+one row per model, one column per set with ``PSNR / SSIM``, published rows and differences
+(``paper.md`` / ``paper.json``).
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 
 #: how metrics are named in table headers
 METRIC_TITLES = {'psnr': 'PSNR (dB)', 'ssim': 'SSIM', 'niqe': 'NIQE'}
@@ -59,6 +65,15 @@ class DatasetResult:
     def seconds_per_image(self) -> float:
         return sum(image.seconds for image in self.images) / max(1, len(self.images))
 
+    def images_by_name(self) -> list[ImageResult]:
+        """The images in natural name order (digit runs compared as numbers)."""
+        return sorted(self.images, key=lambda image: natural_key(image.name))
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders 'img_2' before 'img_10' (digit runs compared as numbers, case ignored)."""
+    return [(0, int(part), '') if part.isdigit() else (1, 0, part.lower()) for part in re.split(r'(\d+)', name)]
+
 
 def _metric_columns(datasets: list[DatasetResult]) -> list[str]:
     names: list[str] = []
@@ -88,7 +103,7 @@ def markdown_table(datasets: list[DatasetResult], title: str | None = None) -> s
         lines += ['', f'## {dataset.name}', '',
                   '| Image | ' + ' | '.join([METRIC_TITLES.get(m, m) for m in names] + ['s']) + ' |',
                   '|' + '---|' * (len(names) + 2)]
-        for image in dataset.images:
+        for image in dataset.images_by_name():
             cells = [_format(image.metrics.get(m), m) for m in names] + [f'{image.seconds:.3f}']
             lines.append(f'| {image.name} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
@@ -112,7 +127,7 @@ def per_image_csv(datasets: list[DatasetResult]) -> str:
     writer = csv.writer(out, lineterminator='\n')
     writer.writerow(['dataset', 'image'] + metrics + ['seconds'])
     for dataset in datasets:
-        for image in dataset.images:
+        for image in dataset.images_by_name():
             writer.writerow([dataset.name, image.name]
                             + [repr(image.metrics[m]) if m in image.metrics else '' for m in metrics]
                             + [repr(image.seconds)])
@@ -125,7 +140,8 @@ def summary_dict(datasets: list[DatasetResult]) -> dict[str, dict[str, float]]:
 
 
 def per_image_dict(datasets: list[DatasetResult]) -> dict[str, dict[str, dict[str, float]]]:
-    return {dataset.name: {image.name: {**image.metrics, 'seconds': image.seconds} for image in dataset.images}
+    return {dataset.name: {image.name: {**image.metrics, 'seconds': image.seconds}
+                           for image in dataset.images_by_name()}
             for dataset in datasets}
 
 
@@ -174,4 +190,70 @@ def write_set_averages(folder: str, averages: dict[str, dict[str, float]], headi
     markdown = os.path.join(folder, 'summary.md')
     with open(markdown, 'a', encoding='utf-8') as f:
         f.write('\n'.join(lines) + '\n')
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- paper table
+
+#: a row's values: set -> {'psnr': value or None, 'ssim': value or None}
+SetValues = dict[str, dict[str, 'float | None']]
+
+
+@dataclass
+class PaperRow:
+    """One row of a paper table. ``kind``: 'ours' (measured), 'published' or 'difference' (ours - published)."""
+
+    label: str
+    scale: int
+    values: SetValues
+    kind: str = 'ours'
+    note: str = ''
+
+
+def difference_row(ours: PaperRow, published: PaperRow, label: str = 'difference') -> PaperRow:
+    """ours - published per set and metric (None where either is missing)."""
+    values: SetValues = {}
+    for set_name in ours.values.keys() | published.values.keys():
+        mine, theirs = ours.values.get(set_name, {}), published.values.get(set_name, {})
+        values[set_name] = {metric: (mine[metric] - theirs[metric]
+                                     if mine.get(metric) is not None and theirs.get(metric) is not None else None)
+                            for metric in ('psnr', 'ssim')}
+    return PaperRow(label, ours.scale, values, 'difference')
+
+
+def _paper_cell(values: dict[str, 'float | None'] | None, signed: bool) -> str:
+    if not values or all(values.get(m) is None for m in ('psnr', 'ssim')):
+        return '-'
+    psnr, ssim = values.get('psnr'), values.get('ssim')
+    sign = '+' if signed else ''
+    psnr_text = '-' if psnr is None else f'{psnr:{sign}.2f}'
+    ssim_text = '-' if ssim is None else f'{ssim:{sign}.4f}'
+    return f'{psnr_text} / {ssim_text}'
+
+
+def paper_table(rows: list[PaperRow], sets: list[str], title: str | None = None) -> str:
+    """Markdown: ``| Method | Scale | <set> PSNR / SSIM ... |``, one line per row, notes below the table."""
+    lines = [f'# {title}', ''] if title else []
+    header = ['Method', 'Scale'] + [f'{name} PSNR / SSIM' for name in sets]
+    lines += ['| ' + ' | '.join(header) + ' |', '|---|---|' + '---|' * len(sets)]
+    notes = []
+    for row in rows:
+        label = f'*{row.label}*' if row.kind == 'difference' else row.label
+        if row.note:
+            notes.append(f'- {row.label}: {row.note}')
+        cells = [_paper_cell(row.values.get(name), row.kind == 'difference') for name in sets]
+        lines.append('| ' + ' | '.join([label, f'x{row.scale}'] + cells) + ' |')
+    if notes:
+        lines += [''] + notes
+    return '\n'.join(lines) + '\n'
+
+
+def write_paper_table(folder: str, rows: list[PaperRow], sets: list[str], title: str | None = None
+                      ) -> dict[str, str]:
+    """``paper.md`` (the table) and ``paper.json`` (``{"sets": [...], "rows": [...]}``) in ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    paths = {'paper.md': os.path.join(folder, 'paper.md'), 'paper.json': os.path.join(folder, 'paper.json')}
+    _write_text(paths['paper.md'], paper_table(rows, sets, title))
+    _write_text(paths['paper.json'], json.dumps({'title': title, 'sets': sets, 'rows': [asdict(r) for r in rows]},
+                                                indent=2, ensure_ascii=False) + '\n')
     return paths

@@ -129,7 +129,8 @@ def _ramp(length: int, ramp: int, rise: bool, fall: bool, device: torch.device) 
 
 
 def tiled_forward(forward: Forward, lq: Tensor, scale: int, tile_size: int, overlap: int, batch_size: int = 1,
-                  output_device: torch.device | str | None = None) -> Tensor:
+                  output_device: torch.device | str | None = None,
+                  progress: Callable[[int, int], Any] | None = None) -> Tensor:
     """Run ``forward`` over overlapping tiles of ``lq`` and blend the outputs.
 
     Args:
@@ -141,6 +142,8 @@ def tiled_forward(forward: Forward, lq: Tensor, scale: int, tile_size: int, over
         batch_size: tiles per ``forward`` call.
         output_device: where the full-size output is assembled (default: ``lq``'s device). 'cpu' keeps
             a large output off the GPU.
+        progress: called as ``progress(tiles done, tiles in all)`` after each batch of tiles (e.g. a
+            ``TileProgressBar``); not called for an image that is one tile.
 
     Returns:
         (B, C', scale*H, scale*W) on ``output_device``.
@@ -169,7 +172,28 @@ def tiled_forward(forward: Forward, lq: Tensor, scale: int, tile_size: int, over
             region = (..., slice(y * scale, (y + tile_h) * scale), slice(x * scale, (x + tile_w) * scale))
             out[region] += result[i * b:(i + 1) * b].float() * weight
             weight_sum[region] += weight
+        if progress is not None:
+            progress(first + len(group), len(positions))
     return (out / weight_sum).to(out_dtype)
+
+
+class TileProgressBar:
+    """A ``progress`` callback for ``tiled_forward``: one transient tqdm bar of tiles per tiled image."""
+
+    def __init__(self, file: Any = None, description: str = 'tiles') -> None:
+        self.file = file
+        self.description = description
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, unit='tile', desc=self.description, leave=False, file=self.file)
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._bar.close()
+            self._bar = None
 
 
 class PeakMemoryTracker(TorchDispatchMode):
@@ -265,10 +289,12 @@ def auto_tile_size(forward: Forward, channels: int, max_memory: int, device: tor
 class Tiler:
     """Tiled forward for one ``TileOptions``; resolves ``tile_size: auto`` once, on the first call."""
 
-    def __init__(self, options: TileOptions, multiple: int = 1, output_device: torch.device | str | None = None):
+    def __init__(self, options: TileOptions, multiple: int = 1, output_device: torch.device | str | None = None,
+                 progress: Callable[[int, int], Any] | None = None):
         self.options = options
         self.multiple = max(1, multiple)
         self.output_device = output_device
+        self.progress = progress  # see tiled_forward
         self.tile_size = options.tile_size
 
     def resolve_tile_size(self, forward: Forward, lq: Tensor) -> int:
@@ -282,4 +308,5 @@ class Tiler:
         """(B, C, H, W) -> (B, C', scale*H, scale*W), tiled as configured."""
         tile_size = self.resolve_tile_size(forward, lq)
         overlap = min(self.options.tile_pad, tile_size - 1)
-        return tiled_forward(forward, lq, scale, tile_size, overlap, self.options.batch_size, self.output_device)
+        return tiled_forward(forward, lq, scale, tile_size, overlap, self.options.batch_size, self.output_device,
+                             self.progress)
