@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import yaml
 
+from sr_arch.errors import DemoError
+
 #: photos the network trains on, and the held-out photos it is scored on (disjoint; checked by pixels,
 #: since scikit-image's ``cat`` is ``chelsea``)
 DEMO_TRAIN_PHOTOS = ('astronaut', 'coffee', 'immunohistochemistry', 'stereo_motorcycle', 'hubble_deep_field',
@@ -44,10 +46,6 @@ ARCH_PRESETS: dict[str, dict[str, Any]] = {
     'GRFormer': {'type': 'GRFormer', 'variant': 'GRFormer-light'},
 }
 LR_PATCH = 32
-
-
-class DemoError(RuntimeError):
-    """The demo cannot go on; the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------- data

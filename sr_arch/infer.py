@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sr_arch.errors import InferenceError
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp')
 _EIGHT_BIT_ONLY = ('.jpg', '.jpeg', '.webp', '.bmp')
 
@@ -29,10 +31,6 @@ FAMILY_MODEL_TYPES = {'HAT': 'HATModel', 'RGT': 'RGTModel', 'GRFormer': 'GRModel
                       'LabNet': 'SRArchModel'}
 
 _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-class InferenceError(RuntimeError):
-    """A one-line, user-facing error about one file."""
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -19,21 +19,31 @@ import os
 import sys
 from typing import Any
 
+import sr_arch  # noqa: F401  (registers everything, applies compat fixes)
+from sr_arch.errors import OptionError, SRArchError
+from sr_arch.train import build_dataset_checked
+from sr_arch.utils.dist import cleanup_distributed, get_rank, is_distributed
+from sr_arch.utils.options import parse_options
+
 
 def parse_test_options(argv: list[str], root_path: str) -> dict[str, Any]:
-    """The training pipeline's option parsing (``-opt``, ``--launcher``, ``--force_yml``...), ``is_train=False``."""
-    try:
-        from sr_arch.utils.options import parse_options
-    except ImportError:  # the training pipeline's parser not installed: basicsr's, which reads sys.argv
-        from basicsr.utils.options import parse_options as basicsr_parse_options
-
-        saved_argv = sys.argv
-        sys.argv = [saved_argv[0]] + list(argv)
-        try:
-            return basicsr_parse_options(root_path, is_train=False)[0]
-        finally:
-            sys.argv = saved_argv
+    """The training pipeline's option parsing (``-opt``, ``--launcher``, ``--force_yml``...), ``is_train=False``:
+    official names resolved, ignored keys and repeated YAML keys reported, ``num_gpu`` above the visible GPUs
+    tested on what there is, datasets of a ``train`` phase skipped (``sr_arch.utils.options``)."""
     return parse_options(root_path, is_train=False, argv=list(argv))[0]
+
+
+def require_test_datasets(opt: dict[str, Any]) -> None:
+    """``OptionError`` when no dataset is left to test (none given, or only a ``train`` one, which is skipped)."""
+    if not opt.get('datasets'):
+        raise OptionError(f"{opt.get('opt_path', '<options>')}: datasets: no test dataset, e.g. datasets: "
+                          '{test_1: {name: Set5, type: PairedImageDataset, dataroot_gt: ..., dataroot_lq: ...}}')
+
+
+def build_test_dataset(phase: str, dataset_opt: dict[str, Any], opt: dict[str, Any]) -> Any:
+    """basicsr's ``build_dataset``; a missing folder, unmatched LR/GT names or a bad key is an ``OptionError``
+    naming the option block (one line, as in training)."""
+    return build_dataset_checked(dataset_opt, phase, opt.get('opt_path', '<options>'))
 
 
 def gather_dataset_result(result: Any, opt: dict[str, Any]) -> Any:
@@ -76,13 +86,13 @@ def describe_settings(opt: dict[str, Any]) -> str:
 
 def run_tests(opt: dict[str, Any]) -> list[Any]:
     """Build the loaders and the model, validate every dataset; returns the ``DatasetResult`` list."""
-    from basicsr.data import build_dataloader, build_dataset
+    from basicsr.data import build_dataloader
     from basicsr.models import build_model
 
     logger = logging.getLogger('basicsr')
     loaders = []
-    for _, dataset_opt in sorted(opt['datasets'].items()):
-        dataset = build_dataset(dataset_opt)
+    for phase, dataset_opt in sorted(opt['datasets'].items()):
+        dataset = build_test_dataset(phase, dataset_opt, opt)
         loaders.append(build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
                                         seed=opt['manual_seed']))
         logger.info(f"Number of test images in {dataset_opt['name']}: {len(dataset)}")
@@ -101,7 +111,19 @@ def run_tests(opt: dict[str, Any]) -> list[Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sr_arch  # noqa: F401  (registers everything, applies compat fixes)
+    """``test.py`` / ``sr-arch test``: 0 on success, 1 with a one-line error (option, checkpoint, data...)."""
+    try:
+        return run_test_pipeline(argv)
+    except SRArchError as err:
+        prefix = f'[rank {get_rank()}] ' if is_distributed() else ''
+        print(f'{prefix}test: error: {err}', file=sys.stderr, flush=True)
+        return 1
+    finally:
+        cleanup_distributed()
+
+
+def run_test_pipeline(argv: list[str] | None = None) -> int:
+    """Parse the options, test every dataset, write ``results/<name>/``; errors propagate."""
     from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs
     from basicsr.utils.options import dict2str
 
@@ -109,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     opt = parse_test_options(argv, os.getcwd())
+    require_test_datasets(opt)
     prepare_validation_options(opt)
     make_exp_dirs(opt)
     log_file = os.path.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")

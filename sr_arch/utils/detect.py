@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from sr_arch.errors import DetectionError
+
 #: registry name -> module holding the class and its ``*_VARIANTS`` table
 FAMILY_MODULES = {
     'HAT': 'sr_arch.archs.hat_arch',
@@ -32,10 +34,6 @@ FAMILY_MODULES = {
 }
 
 Shapes = dict[str, tuple[int, ...]]
-
-
-class DetectionError(ValueError):
-    """The state_dict matches no supported network (the message says what is closest and what differs)."""
 
 
 class _NotThisFamily(Exception):
