@@ -515,8 +515,9 @@ def test_official_rgt_x2_train_and_test_files_run(tmp_path):
                                             'visible; testing on the CPU']
     summary = json.loads(open(os.path.join(root, 'results', 'test_RGT_x2', 'summary.json')).read())
     assert list(summary) == list(BENCHMARKS) and all(summary[name]['psnr'] > 5 for name in BENCHMARKS)
-    assert os.path.isfile(os.path.join(root, 'results', 'test_RGT_x2', 'visualization', 'Manga109',
-                                       'img_test_RGT_x2.png'))
+    sr = cv2.imread(os.path.join(root, 'results', 'test_RGT_x2', 'visualization', 'Manga109',
+                                 'img_LRBI_x2_test_RGT_x2.png'))  # val.save_img: true; named after the LR file
+    assert sr.shape == (32, 32, 3)
 
 
 GRFORMER_SIZES = dict(network_g__embed_dim=12, network_g__depths='[1]', network_g__num_heads='[2]')
