@@ -11,6 +11,11 @@ through its validation loop (``InferenceMixin.nondist_validation``: padding, ``t
 
 Metrics are the option file's ``val.metrics``; without that block, PSNR and SSIM on the Y channel with
 crop border = scale (basicsr's MATLAB-compatible ``calculate_psnr`` / ``calculate_ssim``).
+
+As in training, the option file is checked before anything runs (the papers' own files included:
+docs/reliability.md); testing also runs on the CPU when ``num_gpu`` asks for more GPUs than there are, and
+skips datasets of a ``train`` phase. Option, checkpoint and data errors end the command with
+``test: error: <message>`` (exit status 1, no traceback).
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from sr_arch.errors import CheckpointError, NonFiniteError
+from sr_arch.errors import CheckpointError, NonFiniteError, OptionError
 from sr_arch.utils import dist as dist_utils
 from sr_arch.utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint, strip_prefix
 from sr_arch.utils.training_features import TrainingFeatures
@@ -190,12 +190,12 @@ class TrainingMixin:
         """Any ``torch.optim`` optimizer by class name (basicsr 1.4.2 only knows Adam)."""
         optimizer_class = getattr(torch.optim, optim_type, None)
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-            raise ValueError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g.type {optim_type!r} is not a "
+            raise OptionError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g.type {optim_type!r} is not a "
                              'torch.optim optimizer (e.g. Adam, AdamW, SGD)')
         try:
             return optimizer_class(params, lr, **kwargs)
         except TypeError as err:
-            raise ValueError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g {optim_type} with "
+            raise OptionError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g {optim_type} with "
                              f'{kwargs}: {err}') from err
 
     def setup_schedulers(self) -> None:
@@ -204,7 +204,7 @@ class TrainingMixin:
         try:
             super().setup_schedulers()
         except (TypeError, NotImplementedError, KeyError) as err:
-            raise ValueError(f"{self.opt.get('opt_path', '<options>')}: train.scheduler {scheduler_opt}: {err} "
+            raise OptionError(f"{self.opt.get('opt_path', '<options>')}: train.scheduler {scheduler_opt}: {err} "
                              '(types: MultiStepLR, MultiStepRestartLR, CosineAnnealingRestartLR)') from err
 
     # ------------------------------------------------------------------ loading pretrained weights
