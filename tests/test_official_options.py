@@ -129,7 +129,8 @@ def test_keys_nothing_reads_warn_and_typos_of_read_keys_fail():
                'datasets.train.gt_size: missing required key (PairedImageDataset reads it)']),
              ({'manual_seed': None, 'manuel_seed': 10}, ["manuel_seed: unknown key (did you mean 'manual_seed'?)"]),
              ({'train': {'total_iter': None, 'total_iters': 5}},
-              ["train.total_iters: unknown key (did you mean 'total_iter'?)", 'train.total_iter: missing required key']),
+              ["train.total_iters: unknown key (did you mean 'total_iter'?)",
+               'train.total_iter: missing required key']),
              ({'val': {'val_freq': None, 'val_frequ': 5}}, ["val.val_frequ: unknown key (did you mean 'val_freq'?)"]),
              ({'path': {'strict_load_g': None, 'strict_laod_g': True}},
               ["path.strict_laod_g: unknown key (did you mean 'strict_load_g'?)"])]
@@ -193,7 +194,8 @@ def test_keys_are_found_the_way_the_code_reads_them():
     assert reads.required('validate') == {'network_g'}  # 'flag' is tested for first
     # basicsr's Real-ESRNet model reads queue_size with opt.get(...) in __init__
     assert 'queue_size' in model_keys(RealESRNetModel)['top']
-    assert {'queue_size', 'gt_usm', 'resize_prob', 'jpeg_range2'} <= model_keys(MODEL_REGISTRY.get('RealSRNetModel'))['top']
+    real_net = model_keys(MODEL_REGISTRY.get('RealSRNetModel'))['top']
+    assert {'queue_size', 'gt_usm', 'resize_prob', 'jpeg_range2'} <= real_net
 
 
 def test_a_class_whose_source_cannot_be_read_fails_loudly():
@@ -459,8 +461,8 @@ def test_no_import_cycles_and_no_lazy_first_party_imports_in_option_modules():
 
 
 def test_every_user_facing_error_is_an_sr_arch_error():
-    from sr_arch.data.prepare import common
     from sr_arch.data import robust_io
+    from sr_arch.data.prepare import common
     from sr_arch.losses import perceptual_loss
     from sr_arch.models import realsr_model, training
     from sr_arch.utils import checkpoint, detect, dist
@@ -570,7 +572,8 @@ def test_official_tmm25_train_labnet_x4_file_runs(tmp_path):
     cv2.imwrite(str(tmp_path / 'Set5' / 'LRblur' / 'camera.png'), bicubic_downsample(hr, 4)[..., ::-1])
     source = fixture('TMM25_train_LabNet_x4.yml')
     proc = run_script('train.py', ['-opt', source, *force(
-        datasets__train__dataroot_gt=tmp_path / 'DF2K', datasets__train__meta_info=tmp_path / 'meta_info_DF2Kmultiscale.txt',
+        datasets__train__dataroot_gt=tmp_path / 'DF2K',
+        datasets__train__meta_info=tmp_path / 'meta_info_DF2Kmultiscale.txt',
         datasets__val__dataroot_gt=tmp_path / 'Set5' / 'HR', datasets__val__dataroot_lq=tmp_path / 'Set5' / 'LRblur',
         train__total_iter=2, gt_size=64, datasets__train__num_worker_per_gpu=0, network_g__nf=16,
         network_g__num_blocks='[1,1,1,1,1,1]')], str(tmp_path), env=ONE_THREAD)
