@@ -7,6 +7,10 @@ one line per fix:
    ``data/degradations.py`` imports ``rgb_to_grayscale`` from it (BasicSR #663). We alias the module.
 2. ``BaseModel.model_to_device`` gives DDP ``device_ids=[torch.cuda.current_device()]`` even on CPU: basicsr's
    own models crashed under torchrun with gloo ("Found no NVIDIA driver"); on CPU we wrap without device ids.
+3. ``BaseModel.load_network`` indexes the checkpoint with its param key: an EMA network initialised from a plain
+   state_dict (``SRModel`` loads ``pretrain_network_g`` into ``net_g_ema`` with key ``params_ema``; TMM25's
+   ``LabNetx4.pth`` has no key) raised ``KeyError: 'params_ema'``; such a checkpoint now loads as it is.
+   (Our models override ``load_network`` already; this is for basicsr's own, e.g. ``RealESRGANModel`` on GPU.)
 """
 from __future__ import annotations
 
@@ -50,6 +54,26 @@ def _ddp_without_cuda() -> None:
     BaseModel.model_to_device = model_to_device
 
 
+def _plain_state_dict_loading() -> None:
+    import torch
+    from basicsr.models.base_model import BaseModel
+
+    original = BaseModel.load_network
+    if getattr(original, '_sr_arch_plain_state_dict', False):
+        return
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        if param_key is not None:
+            checkpoint = torch.load(load_path, map_location='cpu', weights_only=True)
+            if isinstance(checkpoint, dict) and param_key not in checkpoint and 'params' not in checkpoint \
+                    and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+                param_key = None  # a plain state_dict: the weights are the checkpoint itself
+        return original(self, net, load_path, strict, param_key)
+
+    load_network._sr_arch_plain_state_dict = True
+    BaseModel.load_network = load_network
+
+
 def apply() -> None:
     """Apply every fix once. Safe to call repeatedly."""
     global _APPLIED
@@ -57,4 +81,5 @@ def apply() -> None:
         return
     _alias_functional_tensor()
     _ddp_without_cuda()
+    _plain_state_dict_loading()
     _APPLIED = True

@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import yaml
 
+from sr_arch.errors import DemoError
+
 #: photos the network trains on, and the held-out photos it is scored on (disjoint; checked by pixels,
 #: since scikit-image's ``cat`` is ``chelsea``)
 DEMO_TRAIN_PHOTOS = ('astronaut', 'coffee', 'immunohistochemistry', 'stereo_motorcycle', 'hubble_deep_field',
@@ -39,10 +41,6 @@ HELDOUT_SIDE = 256  # held-out photos: centre crops of this size keep the benchm
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OPTIONS = os.path.join(REPO_ROOT, 'options', 'train', 'demo', 'train_demo_x2.yml')
 LR_PATCH = 32
-
-
-class DemoError(RuntimeError):
-    """The demo cannot go on; the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------- data

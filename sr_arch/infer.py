@@ -24,14 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sr_arch.errors import InferenceError
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp')
 _EIGHT_BIT_ONLY = ('.jpg', '.jpeg', '.webp', '.bmp')
 
 _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-class InferenceError(RuntimeError):
-    """A one-line, user-facing error about one file."""
 
 
 # ---------------------------------------------------------------------------------------------- model

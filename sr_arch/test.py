@@ -16,10 +16,12 @@ Metrics are the option file's ``val.metrics``; without that block, PSNR and SSIM
 crop border = scale (basicsr's MATLAB-compatible ``calculate_psnr`` / ``calculate_ssim``). A progress
 bar per dataset is on unless ``val.pbar: false``.
 
-Before anything runs: every LR image must be its GT's size / scale (within the mod-crop), and a
-checkpoint of a known family must have the option file's scale; otherwise the run stops with an
-``OptionError`` naming the files. ``--sets Set5,Urban100`` (or ``--force_yml datasets:test_3=~``) picks
-the datasets without editing the option file.
+As in training, the option file is checked before anything runs (the papers' own files included:
+docs/reliability.md); testing also runs on the CPU when ``num_gpu`` asks for more GPUs than there are, and
+skips datasets of a ``train`` phase. Every LR image must be its GT's size / scale (within the mod-crop), and a
+checkpoint of a known family must have the option file's scale. ``--sets Set5,Urban100`` (or
+``--force_yml datasets:test_3=~``) picks the datasets without editing the option file. Option, checkpoint and
+data errors end the command with ``test: error: <message>`` (exit status 1, no traceback).
 """
 from __future__ import annotations
 
@@ -30,27 +32,36 @@ import os
 import sys
 from typing import Any, NamedTuple
 
+import sr_arch  # noqa: F401  (registers everything, applies compat fixes)
+from sr_arch.errors import OptionError, SRArchError
+from sr_arch.train import build_dataset_checked
+from sr_arch.utils.dist import cleanup_distributed, get_rank, is_distributed
+from sr_arch.utils.options import parse_options
+
 
 def parse_test_options(argv: list[str], root_path: str) -> dict[str, Any]:
-    """The training pipeline's option parsing (``-opt``, ``--launcher``, ``--force_yml``...), ``is_train=False``."""
+    """The training pipeline's option parsing (``-opt``, ``--launcher``, ``--force_yml``...), ``is_train=False``:
+    official names resolved, ignored keys and repeated YAML keys reported, ``num_gpu`` above the visible GPUs
+    tested on what there is, datasets of a ``train`` phase skipped (``sr_arch.utils.options``)."""
     return parse_test_arguments(argv, root_path)[0]
 
 
 def parse_test_arguments(argv: list[str], root_path: str) -> tuple[dict[str, Any], argparse.Namespace]:
     """``(opt, args)``: the parsed options and the command line (``args.sets``, ``.bicubic``, ``.published``)."""
-    try:
-        from sr_arch.utils.options import parse_options
-    except ImportError:  # the training pipeline's parser not installed: basicsr's, which reads sys.argv
-        from basicsr.utils.options import parse_options as basicsr_parse_options
-
-        saved_argv = sys.argv
-        sys.argv = [saved_argv[0]] + list(argv)
-        try:
-            opt = basicsr_parse_options(root_path, is_train=False)[0]
-        finally:
-            sys.argv = saved_argv
-        return opt, argparse.Namespace(sets=None, bicubic=False, published=None)
     return parse_options(root_path, is_train=False, argv=list(argv))
+
+
+def require_test_datasets(opt: dict[str, Any]) -> None:
+    """``OptionError`` when no dataset is left to test (none given, or only a ``train`` one, which is skipped)."""
+    if not opt.get('datasets'):
+        raise OptionError(f"{opt.get('opt_path', '<options>')}: datasets: no test dataset, e.g. datasets: "
+                          '{test_1: {name: Set5, type: PairedImageDataset, dataroot_gt: ..., dataroot_lq: ...}}')
+
+
+def build_test_dataset(phase: str, dataset_opt: dict[str, Any], opt: dict[str, Any]) -> Any:
+    """basicsr's ``build_dataset``; a missing folder, unmatched LR/GT names or a bad key is an ``OptionError``
+    naming the option block (one line, as in training)."""
+    return build_dataset_checked(dataset_opt, phase, opt.get('opt_path', '<options>'))
 
 
 def gather_dataset_result(result: Any, opt: dict[str, Any]) -> Any:
@@ -96,12 +107,12 @@ def describe_settings(opt: dict[str, Any]) -> str:
 
 def build_test_loaders(opt: dict[str, Any]) -> list[Any]:
     """One dataloader per ``datasets`` entry (sorted by key), each checked with ``check_lr_sizes`` first."""
-    from basicsr.data import build_dataloader, build_dataset
+    from basicsr.data import build_dataloader
 
     logger = logging.getLogger('basicsr')
     loaders = []
     for key, dataset_opt in sorted(opt['datasets'].items()):
-        dataset = build_dataset(dataset_opt)
+        dataset = build_test_dataset(key, dataset_opt, opt)
         check_lr_sizes(dataset, int(opt['scale']), f"{opt.get('opt_path', '<options>')}: datasets.{key}")
         loaders.append(build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
                                         seed=opt['manual_seed']))
@@ -132,7 +143,19 @@ def run_tests(opt: dict[str, Any], loaders: list[Any] | None = None) -> list[Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sr_arch  # noqa: F401  (registers everything, applies compat fixes)
+    """``test.py`` / ``sr-arch test``: 0 on success, 1 with a one-line error (option, checkpoint, data...)."""
+    try:
+        return run_test_pipeline(argv)
+    except SRArchError as err:
+        prefix = f'[rank {get_rank()}] ' if is_distributed() else ''
+        print(f'{prefix}test: error: {err}', file=sys.stderr, flush=True)
+        return 1
+    finally:
+        cleanup_distributed()
+
+
+def run_test_pipeline(argv: list[str] | None = None) -> int:
+    """Parse the options, test every dataset, write ``results/<name>/``; errors propagate."""
     from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs
     from basicsr.utils.options import dict2str
 
@@ -140,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     opt, args = parse_test_arguments(argv, os.getcwd())
+    require_test_datasets(opt)
     prepare_validation_options(opt)
     make_exp_dirs(opt)
     log_file = os.path.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
@@ -249,8 +273,6 @@ def lr_size_problems(dataset: Any, scale: int) -> list[LRSizeProblem]:
 
 def check_lr_sizes(dataset: Any, scale: int, where: str) -> None:
     """Raise ``OptionError`` naming the files when some LR image is not its GT's size / ``scale``."""
-    from sr_arch.utils.options import OptionError
-
     problems = lr_size_problems(dataset, scale)
     if not problems:
         return
@@ -271,8 +293,6 @@ def check_checkpoint_scale(opt: dict[str, Any]) -> None:
     ``network_g`` types of the families (``sr_arch.archs.FAMILIES``); other networks, checkpoints
     it does not recognise and unreadable files are left to the weight loading.
     """
-    from sr_arch.utils.options import OptionError
-
     path = (opt.get('path') or {}).get('pretrain_network_g')
     scale = int(opt['scale'])
     upscale = (opt.get('network_g') or {}).get('upscale')

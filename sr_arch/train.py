@@ -33,18 +33,16 @@ from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_root_logger
 from basicsr.utils import mkdir_and_rename
 from basicsr.utils.options import copy_opt_file, dict2str
 
-from sr_arch.data.robust_io import BadImageError, RobustDataset, find_robust_dataset
-from sr_arch.models.training import NonFiniteError, TrainingFeatures, restore_rng_state
+from sr_arch.data.robust_io import RobustDataset, find_robust_dataset
+from sr_arch.errors import CheckpointError, NonFiniteError, OptionError, SRArchError, TrainingError
+from sr_arch.models.training import restore_rng_state
 from sr_arch.utils import dist as dist_utils
-from sr_arch.utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
-from sr_arch.utils.options import OptionError, parse_options
+from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
+from sr_arch.utils.options import parse_options
 from sr_arch.utils.sampling import ResumableSampler, SeededDataset
+from sr_arch.utils.training_features import TrainingFeatures
 
 _STATE_NAME = re.compile(r'^(\d+)\.state$')
-
-
-class TrainingError(RuntimeError):
-    """The training set-up cannot work (message names the option and value)."""
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -167,7 +165,7 @@ def build_train_loader(opt: dict[str, Any], logger: logging.Logger
         raise TrainingError(f'{source}: datasets.train has {len(train_set)} images x dataset_enlarge_ratio {ratio} '
                             f'over {opt["world_size"]} process(es) = {len(sampler)} per process, fewer than one batch '
                             f'(batch_size_per_gpu: {dataset_opt["batch_size_per_gpu"]}, last partial batch dropped)')
-    features = TrainingFeatures.from_options(opt)
+    features = TrainingFeatures.of(opt)
     images_per_step = loader.batch_size * opt['world_size'] * features.accumulate_grad_batches
     iters_per_epoch = len(loader) / features.accumulate_grad_batches
     logger.info('Training statistics:'
@@ -320,7 +318,7 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
     for note in resume_notes:
         logger.info(note)
     tb_logger = init_tb_logger(opt)
-    features = TrainingFeatures.from_options(opt)
+    features = TrainingFeatures.of(opt)
     train_loader, train_sampler, images_per_step = build_train_loader(opt, logger)
     val_loaders = build_val_loaders(opt, logger)
     model = build_model(opt)
@@ -422,8 +420,8 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
     return model
 
 
-_EXPECTED_ERRORS = (OptionError, dist_utils.LauncherError, CheckpointError, NonFiniteError, TrainingError,
-                    BadImageError)
+#: errors whose message is the whole story: logged and printed as one line, no traceback
+_EXPECTED_ERRORS = SRArchError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,9 +105,9 @@ def test_wrong_types_and_missing_keys_name_key_and_file(tmp_path, paired):
         f'{source}: datasets.train.gt_size: missing required key (PairedImageDataset reads it)'
     assert option_error(tmp_path, deep_update(base, {'val': {'metrics': {'psnr': {'type': 'calculate_psnr'}}}})) == \
         f'{source}: val.metrics.psnr.crop_border: missing required key (calculate_psnr has no default for it)'
-    two = option_error(tmp_path, deep_update(base, {'bogus': 1, 'logger': {'print_frq': 1}}))
-    assert two.splitlines() == [f'{source}: bogus: unknown key', f"{source}: logger.print_frq: unknown key "
-                                "(did you mean 'print_freq'?)"]
+    two = option_error(tmp_path, deep_update(base, {'bogus': 1, 'scael': 2, 'logger': {'print_frq': 1}}))
+    assert two.splitlines() == [f"{source}: scael: unknown key (did you mean 'scale'?)",  # 'bogus': a warning
+                                f"{source}: logger.print_frq: unknown key (did you mean 'print_freq'?)"]
 
 
 def test_missing_paths_and_option_file_are_one_line(tmp_path, paired):

@@ -23,21 +23,11 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from sr_arch.errors import BadImageError
 from sr_arch.utils.sampling import DatasetWrapper
 
 #: how many following samples are tried before a run with ``skip_bad_images`` gives up
 MAX_REPLACEMENTS = 16
-
-
-class BadImageError(RuntimeError):
-    """A training image or LMDB entry cannot be read; the message names the file or the LMDB path and key."""
-
-    def __init__(self, message: str) -> None:
-        # re-raised from a dataloader worker, the message is the worker's whole traceback: keep our line
-        if message.startswith('Caught BadImageError'):
-            last = message.strip().splitlines()[-1]
-            message = last.split('BadImageError: ', 1)[-1]
-        super().__init__(message)
 
 
 def _decodes(buffer: bytes) -> bool:

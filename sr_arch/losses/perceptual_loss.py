@@ -28,13 +28,10 @@ from basicsr.archs.vgg_arch import NAMES, VGGFeatureExtractor, insert_bn
 from basicsr.losses.basic_loss import PerceptualLoss
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from sr_arch.utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+from sr_arch.errors import CheckpointError, MissingVGGWeightsError, OptionError
+from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 
 CRITERIA = {'l1': nn.L1Loss, 'l2': nn.MSELoss}
-
-
-class MissingVGGWeightsError(CheckpointError, FileNotFoundError):
-    """The VGG weights of a perceptual loss are not on disk (nothing is downloaded)."""
 
 
 def torchvision_weights_url(vgg_type: str) -> str:
@@ -44,7 +41,7 @@ def torchvision_weights_url(vgg_type: str) -> str:
     try:
         return torchvision.models.get_model_weights(vgg_type).IMAGENET1K_V1.url
     except (ValueError, AttributeError) as err:
-        raise ValueError(f'perceptual_opt.vgg_type {vgg_type!r} is not a torchvision VGG '
+        raise OptionError(f'perceptual_opt.vgg_type {vgg_type!r} is not a torchvision VGG '
                          f'(vgg11, vgg13, vgg16, vgg19 and their _bn versions)') from err
 
 
@@ -57,8 +54,8 @@ def vgg_weight_candidates(vgg_type: str, weights_path: str | None = None) -> lis
     return candidates
 
 
-def find_vgg_weights(vgg_type: str, weights_path: str | None = None) -> str:
-    """The first existing weights file of ``vgg_weight_candidates``.
+def find_vgg_weights(vgg_type: str, weights_path: str | None = None, key: str = 'train.perceptual_opt') -> str:
+    """The first existing weights file of ``vgg_weight_candidates`` (``key``: the loss block, for messages).
 
     Raises:
         MissingVGGWeightsError: none exists; the message names every path and the download URL.
@@ -68,14 +65,14 @@ def find_vgg_weights(vgg_type: str, weights_path: str | None = None) -> str:
         if os.path.isfile(path):
             return path
     if weights_path:
-        raise MissingVGGWeightsError(f'perceptual_opt.weights_path {weights_path}: no such file')
+        raise MissingVGGWeightsError(f'{key}.weights_path {weights_path}: no such file')
     url = torchvision_weights_url(vgg_type)
     looked = ', '.join(os.path.abspath(path) for path in candidates)
     raise MissingVGGWeightsError(
-        f'{vgg_type} weights for the perceptual loss (train.perceptual_opt) not found; looked at: {looked}. '
+        f'{vgg_type} weights for the perceptual loss ({key}) not found; looked at: {looked}. '
         f'Nothing is downloaded: get {url} and put it at {os.path.abspath(candidates[-1])} (torchvision\'s cache, '
         f'$TORCH_HOME/hub/checkpoints) or {candidates[-2]} (basicsr\'s VGG_PRETRAIN_PATH, relative to the '
-        'directory you train in), or set perceptual_opt.weights_path')
+        f'directory you train in), or set {key}.weights_path')
 
 
 class OfflineVGGFeatureExtractor(VGGFeatureExtractor):
@@ -94,7 +91,7 @@ class OfflineVGGFeatureExtractor(VGGFeatureExtractor):
         self.names = insert_bn(names) if 'bn' in vgg_type else names
         unknown = [name for name in layer_name_list if name not in self.names]
         if unknown:
-            raise ValueError(f'perceptual_opt.layer_weights: {unknown} are not layers of {vgg_type} '
+            raise OptionError(f'perceptual_opt.layer_weights: {unknown} are not layers of {vgg_type} '
                              f'(e.g. {self.names[:4]})')
         depth = max(self.names.index(name) for name in layer_name_list) + 1
         features = getattr(torchvision.models, vgg_type)(weights=None).features[:depth]
@@ -137,9 +134,9 @@ class VGGPerceptualLoss(PerceptualLoss):
                  criterion: str = 'l1', pretrained: bool = True, weights_path: str | None = None) -> None:
         nn.Module.__init__(self)
         if not layer_weights:
-            raise ValueError('perceptual_opt.layer_weights must name at least one VGG layer, e.g. {conv5_4: 1.0}')
+            raise OptionError('perceptual_opt.layer_weights must name at least one VGG layer, e.g. {conv5_4: 1.0}')
         if criterion not in (*CRITERIA, 'fro'):
-            raise ValueError(f"perceptual_opt.criterion must be 'l1', 'l2' or 'fro', got {criterion!r}")
+            raise OptionError(f"perceptual_opt.criterion must be 'l1', 'l2' or 'fro', got {criterion!r}")
         self.perceptual_weight = perceptual_weight
         self.style_weight = style_weight
         self.layer_weights = dict(layer_weights)

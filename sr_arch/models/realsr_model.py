@@ -35,6 +35,7 @@ from basicsr.models.realesrnet_model import RealESRNetModel
 from basicsr.utils import DiffJPEG, USMSharp
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from sr_arch.errors import RealDegradationError
 from sr_arch.models.hat_model import HATModel
 from sr_arch.models.inference import InferenceMixin
 from sr_arch.models.training import TrainingMixin
@@ -50,10 +51,6 @@ GAN_STAGE_KEYS = ('l1_gt_usm', 'percep_gt_usm', 'gan_gt_usm')
 
 #: basicsr metric functions that score the SR image alone (no GT needed)
 NO_REFERENCE_METRICS = frozenset({'calculate_niqe'})
-
-
-class RealDegradationError(ValueError):
-    """An option of the Real-ESRGAN degradation is missing or unusable (message names file and key)."""
 
 
 def check_degradation_options(opt: Mapping[str, Any], stage_keys: tuple[str, ...]) -> None:

@@ -35,85 +35,19 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from sr_arch.archs import find_family_spec
 from sr_arch.archs.spec import NETWORK_KWARGS_KEY
+from sr_arch.errors import CheckpointError, NonFiniteError, OptionError
 from sr_arch.utils import dist as dist_utils
-from sr_arch.utils.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint, strip_prefix
-
-AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
+from sr_arch.utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint, strip_prefix
+from sr_arch.utils.training_features import TrainingFeatures
 
 #: version tag of the training-state files written here (basicsr's keys plus ours)
 STATE_FORMAT = 'sr_arch-training-state-1'
-
-
-class NonFiniteError(RuntimeError):
-    """A loss, gradient norm or weight became NaN/inf; training stops without saving it."""
 
 
 def _logger():
     from basicsr.utils import get_root_logger
 
     return get_root_logger()
-
-
-@dataclass(frozen=True)
-class TrainingFeatures:
-    """The opt-in training features of an option file's ``train:`` block, validated."""
-
-    amp: bool = False
-    amp_dtype: torch.dtype = torch.bfloat16
-    channels_last: bool = False
-    grad_clip_norm: float | None = None
-    grad_clip_norm_type: float = 2.0
-    accumulate_grad_batches: int = 1
-    compile: bool = False
-    compile_mode: str | None = None
-    compile_backend: str = 'inductor'
-    warmup_iter: int = -1
-
-    @classmethod
-    def from_options(cls, opt: Mapping[str, Any]) -> 'TrainingFeatures':
-        from sr_arch.utils.options import OptionError
-
-        source = opt.get('opt_path', '<options>')
-        train = opt.get('train') or {}
-
-        def fail(key: str, expected: str, value: Any) -> None:
-            raise OptionError(f'{source}: train.{key} must be {expected}, got {value!r}')
-
-        amp = train.get('amp') or {}
-        if not isinstance(amp, Mapping):
-            fail('amp', 'a mapping like {enabled: true, dtype: bf16}', amp)
-        dtype_name = str(amp.get('dtype', 'bf16')).lower()
-        if dtype_name not in AMP_DTYPES:
-            fail('amp.dtype', f'one of {sorted(AMP_DTYPES)}', amp.get('dtype'))
-
-        clip = train.get('grad_clip') or {}
-        if not isinstance(clip, Mapping):
-            fail('grad_clip', 'a mapping like {max_norm: 1.0}', clip)
-        max_norm = clip.get('max_norm')
-        if max_norm is not None and (not isinstance(max_norm, (int, float)) or max_norm < 0):
-            fail('grad_clip.max_norm', 'a number >= 0 (0 or ~ disables clipping)', max_norm)
-
-        accumulate = train.get('accumulate_grad_batches', 1)
-        if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
-            fail('accumulate_grad_batches', 'an integer >= 1', accumulate)
-
-        compile_opt = train.get('compile') or {}
-        if not isinstance(compile_opt, Mapping):
-            fail('compile', 'a mapping like {enabled: true, mode: max-autotune-no-cudagraphs}', compile_opt)
-
-        warmup = train.get('warmup_iter', -1)
-        if warmup is None:
-            warmup = -1
-        if not isinstance(warmup, (int, float)):
-            fail('warmup_iter', 'an integer (-1: no warm-up)', warmup)
-
-        return cls(amp=bool(amp.get('enabled', False)), amp_dtype=AMP_DTYPES[dtype_name],
-                   channels_last=bool(train.get('channels_last', False)),
-                   grad_clip_norm=float(max_norm) if max_norm else None,
-                   grad_clip_norm_type=float(clip.get('norm_type', 2.0)),
-                   accumulate_grad_batches=accumulate, compile=bool(compile_opt.get('enabled', False)),
-                   compile_mode=compile_opt.get('mode'), compile_backend=compile_opt.get('backend') or 'inductor',
-                   warmup_iter=int(warmup))
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -224,9 +158,7 @@ class TrainingMixin:
 
     @property
     def features(self) -> TrainingFeatures:
-        if '_training_features' not in self.__dict__:
-            self._training_features = TrainingFeatures.from_options(self.opt)
-        return self._training_features
+        return TrainingFeatures.of(self.opt)
 
     # ------------------------------------------------------------------ devices and wrappers
 
@@ -260,12 +192,12 @@ class TrainingMixin:
         """Any ``torch.optim`` optimizer by class name (basicsr 1.4.2 only knows Adam)."""
         optimizer_class = getattr(torch.optim, optim_type, None)
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-            raise ValueError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g.type {optim_type!r} is not a "
+            raise OptionError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g.type {optim_type!r} is not a "
                              'torch.optim optimizer (e.g. Adam, AdamW, SGD)')
         try:
             return optimizer_class(params, lr, **kwargs)
         except TypeError as err:
-            raise ValueError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g {optim_type} with "
+            raise OptionError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g {optim_type} with "
                              f'{kwargs}: {err}') from err
 
     def setup_schedulers(self) -> None:
@@ -274,7 +206,7 @@ class TrainingMixin:
         try:
             super().setup_schedulers()
         except (TypeError, NotImplementedError, KeyError) as err:
-            raise ValueError(f"{self.opt.get('opt_path', '<options>')}: train.scheduler {scheduler_opt}: {err} "
+            raise OptionError(f"{self.opt.get('opt_path', '<options>')}: train.scheduler {scheduler_opt}: {err} "
                              '(types: MultiStepLR, MultiStepRestartLR, CosineAnnealingRestartLR)') from err
 
     # ------------------------------------------------------------------ loading pretrained weights

@@ -18,9 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file could not be read or holds no usable weights."""
+from sr_arch.errors import CheckpointError
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = 'cpu') -> Any:

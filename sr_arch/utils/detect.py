@@ -21,10 +21,7 @@ import torch
 
 from sr_arch.archs import FAMILIES, family_spec
 from sr_arch.archs.spec import NotThisFamily, Shapes, published_name
-
-
-class DetectionError(ValueError):
-    """The state_dict matches no supported network (the message says what is closest and what differs)."""
+from sr_arch.errors import DetectionError
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sr_arch.errors import LauncherError
+
 LAUNCHERS = ('none', 'pytorch', 'slurm')
 DEFAULT_PORT = 29500
-
-
-class LauncherError(RuntimeError):
-    """The launcher named on the command line does not match the process environment."""
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,30 @@ What each block may contain is taken from the code that reads it, not from a han
 * ``network_g`` / ``network_d``: the ``__init__`` signature of the registered architecture (any key is
   accepted by a class whose ``__init__`` takes ``**kwargs``); arguments without a default are required;
   a value whose type differs from the default's (a string for a number...) is an error.
-* ``datasets.<phase>``: the keys the dataset class's source reads (``opt['k']``, ``opt.get('k')``,
-  ``'k' in opt``, helpers called as ``f(opt, 'k')``), over its whole class hierarchy, plus the
-  dataloader's keys. Keys read by subscript in ``__init__`` (and, for the train phase, in
-  ``__getitem__``) without an ``'k' in opt`` guard are required.
-* ``train``: the pipeline's keys plus what the model class hierarchy reads from ``train_opt`` /
-  ``self.opt['train']``; every ``*_opt`` loss block is checked against its loss class's signature,
-  ``optim_*`` against the ``torch.optim`` class, ``scheduler`` against basicsr's scheduler class.
+* ``datasets.<phase>``: the keys the dataset class hierarchy reads (``sr_arch.utils.option_keys``: its
+  source, followed through ``opt``, ``self.opt`` and names assigned from them), plus the dataloader's
+  keys. Keys read by subscript in ``__init__`` (and, for the train phase, in ``__getitem__``) and never
+  tested for first are required.
+* ``train``: the pipeline's keys plus what the model class hierarchy reads from its ``train`` block;
+  every ``*_opt`` loss block is checked against its loss class's signature (and a perceptual loss's
+  VGG weights must be on disk), ``optim_*`` against the ``torch.optim`` class, ``scheduler`` against
+  basicsr's scheduler class.
 * ``val`` (``metrics`` against the metric function's named arguments), ``path``, ``logger`` and the
-  top level: the pipeline's keys plus what the model class reads from ``self.opt``.
+  top level: the pipeline's keys plus what the model class hierarchy reads.
+
+Blocks passed to a class as keyword arguments (networks, losses, optimizers, schedulers, metrics,
+``io_backend``) fail on any unknown key, as basicsr would. In blocks read key by key, an unknown key is
+either a typo or a key nothing reads, which stock BasicSR ignores (RGT's ``datasets.*.task``, GRFormer's
+top-level ``print_network``):
+
+* a near miss of a key that is read (``typo_distance`` <= ``max_typo_distance(key)``: one edit up to
+  9 characters, two from 10, ...; an edit is an insertion, deletion, substitution or swap of two
+  neighbours, case ignored) is an error with "did you mean";
+* any other key, and any key another registered class of the same kind reads, is a warning
+  ``<file>: <key>: ignored (...)``.
 
 ``validate_options(opt, source, is_train)`` raises ``OptionValidationError`` (an ``OptionError``)
-listing every problem, one per line; ``option_problems`` returns the list.
+listing every problem, one per line, and returns the warnings; ``option_problems`` returns the problems.
 """
 from __future__ import annotations
 
@@ -31,12 +43,15 @@ import os.path as osp
 import re
 from typing import Any, Callable, Iterable, Mapping
 
-from sr_arch.utils.options import OptionError
+import torch
+from basicsr.models import lr_scheduler
+from basicsr.utils.file_client import FileClient
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-
-class OptionValidationError(OptionError):
-    """One or more option-file problems; one line each, naming the file and the dotted key."""
-
+from sr_arch.errors import MissingVGGWeightsError, OptionError, OptionValidationError
+from sr_arch.losses.perceptual_loss import VGGPerceptualLoss, find_vgg_weights
+from sr_arch.utils.option_keys import class_option_reads, registered_class
+from sr_arch.utils.training_features import OPT_KEY as TRAIN_FEATURES_KEY
 
 # ---------------------------------------------------------------------------------------------- key tables
 
@@ -45,7 +60,7 @@ TOP_LEVEL_KEYS = {'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'dete
                   'train', 'val', 'logger', 'dist_params', 'find_unused_parameters', 'use_static_graph', 'tile',
                   'pad_multiple'}
 TOP_LEVEL_INTERNAL_KEYS = {'opt_path', 'is_train', 'dist', 'rank', 'world_size', 'local_rank', 'auto_resume',
-                           'root_path'}
+                           'root_path', TRAIN_FEATURES_KEY}
 #: keys basicsr's ``build_dataloader`` and our training loop read from a dataset block
 DATALOADER_KEYS = {'name', 'type', 'phase', 'scale', 'io_backend', 'batch_size_per_gpu', 'num_worker_per_gpu',
                    'use_shuffle', 'pin_memory', 'persistent_workers', 'prefetch_mode', 'num_prefetch_queue',
@@ -119,106 +134,87 @@ KEY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------- source scanning
+# ---------------------------------------------------------------------------------------------- keys read by classes
 
-
-def _read_patterns(variable: str) -> list[re.Pattern]:
-    """Regexes for the keys read from ``variable``: ``v['k']``, ``v.get('k'``, ``'k' in v``, ``f(v, 'k'``."""
-    quoted = r"""['"](\w+)['"]"""
-    return [re.compile(rf'(?<![\w.]){variable}\[\s*{quoted}\s*\]'),
-            re.compile(rf'(?<![\w.]){variable}\.(?:get|pop|setdefault)\(\s*{quoted}'),
-            re.compile(rf'{quoted}\s+(?:not\s+)?in\s+{variable}\b'),
-            re.compile(rf'\(\s*{variable}\s*,\s*{quoted}')]
-
-
-def keys_read(text: str, variables: Iterable[str]) -> set[str]:
-    """Keys of ``variables`` (regex-escaped names such as ``self\\.opt``) read anywhere in ``text``."""
-    found: set[str] = set()
-    for variable in variables:
-        for pattern in _read_patterns(variable):
-            found.update(pattern.findall(text))
-    return found
-
-
-def _guarded_keys(text: str, variables: Iterable[str]) -> set[str]:
-    """Keys that are only read after an ``'k' in opt`` / ``opt.get('k')`` test (optional keys)."""
-    guarded: set[str] = set()
-    for variable in variables:
-        guarded.update(re.findall(rf"""['"](\w+)['"]\s+(?:not\s+)?in\s+{variable}\b""", text))
-        guarded.update(re.findall(rf"""(?<![\w.]){variable}\.get\(\s*['"](\w+)['"]""", text))
-    return guarded
-
-
-def _required_subscripts(text: str, variables: Iterable[str]) -> set[str]:
-    found: set[str] = set()
-    for variable in variables:
-        found.update(re.findall(rf"""(?<![\w.]){variable}\[\s*['"](\w+)['"]\s*\]""", text))
-    return found - _guarded_keys(text, variables)
-
-
-def _own_classes(cls: type) -> list[type]:
-    """``cls`` and its bases defined in basicsr or this package (not torch's)."""
-    return [klass for klass in inspect.getmro(cls)
-            if klass.__module__.split('.')[0] in ('basicsr', 'sr_arch')]
-
-
-@functools.lru_cache(maxsize=None)
-def _module_source(module_name: str) -> str:
-    import sys
-
-    module = sys.modules.get(module_name)
-    try:
-        return inspect.getsource(module) if module is not None else ''
-    except (OSError, TypeError):
-        return ''
-
-
-def _method_source(cls: type, name: str) -> str:
-    method = cls.__dict__.get(name)
-    if method is None:
-        return ''
-    try:
-        return inspect.getsource(method)
-    except (OSError, TypeError):
-        return ''
-
-
-DATASET_VARIABLES = (r'opt', r'self\.opt', r'dataset_opt')
+#: dataset keys the pipeline fills in itself (never required from the option file)
+SET_BY_PIPELINE = frozenset({'phase', 'scale', 'name'})
 
 
 @functools.lru_cache(maxsize=None)
 def dataset_keys(cls: type) -> tuple[frozenset, frozenset, frozenset]:
     """(known keys, keys required in every phase, keys required for training) of a dataset class."""
-    known: set[str] = set(DATALOADER_KEYS)
-    required: set[str] = set()
-    required_train: set[str] = set()
-    for klass in _own_classes(cls):
-        known |= keys_read(_module_source(klass.__module__), DATASET_VARIABLES)
-        required |= _required_subscripts(_method_source(klass, '__init__'), DATASET_VARIABLES)
-        required_train |= _required_subscripts(_method_source(klass, '__getitem__'), DATASET_VARIABLES)
-    set_by_pipeline = {'phase', 'scale', 'name'}
-    return frozenset(known), frozenset(required - set_by_pipeline), frozenset(required_train - set_by_pipeline)
-
-
-def _keys_of_other_datasets(cls: type) -> set[str]:
-    """Keys some other registered dataset reads: not read by ``cls``, they are ignored, not typos."""
-    from basicsr.utils.registry import DATASET_REGISTRY
-
-    return set().union(*(dataset_keys(other)[0] for _, other in DATASET_REGISTRY if other is not cls))
-
-
-MODEL_TOP_VARIABLES = (r'self\.opt',)
-MODEL_TRAIN_VARIABLES = (r'train_opt', r"self\.opt\['train'\]", r"opt\['train'\]")
-MODEL_VAL_VARIABLES = (r'val_opt', r"self\.opt\['val'\]", r"\(self\.opt\.get\('val'\) or \{\}\)")
+    reads = class_option_reads(cls, 'dataset')
+    return (reads.read() | DATALOADER_KEYS, reads.required('__init__') - SET_BY_PIPELINE,
+            reads.required('__getitem__') - SET_BY_PIPELINE)
 
 
 @functools.lru_cache(maxsize=None)
 def model_keys(cls: type | None) -> dict[str, frozenset]:
-    """Keys a model class hierarchy reads: ``{'top': ..., 'train': ..., 'val': ...}``."""
-    texts = [_module_source(klass.__module__) for klass in _own_classes(cls)] if cls is not None else []
-    return {'top': frozenset(set().union(*(keys_read(t, MODEL_TOP_VARIABLES) for t in texts))),
-            'train': frozenset(set().union(*(keys_read(t, MODEL_TRAIN_VARIABLES) for t in texts))),
-            'val': frozenset(set().union(*(keys_read(t, MODEL_VAL_VARIABLES) for t in texts)))}
+    """Keys a model class hierarchy reads: ``{'top': ..., 'train': ..., 'val': ...}`` (empty for None)."""
+    if cls is None:
+        return {'top': frozenset(), 'train': frozenset(), 'val': frozenset()}
+    reads = class_option_reads(cls, 'model')
+    return {'top': reads.read(()), 'train': reads.read(('train',)), 'val': reads.read(('val',))}
+
+
+def keys_read_elsewhere(registry: Any, cls: type | None, keys: Callable[[type], Iterable[str]]) -> frozenset:
+    """Keys some other class of ``registry`` reads (``keys(other)``): legitimate keys, so never typos.
+
+    Classes whose source cannot be read are left out here: they only make fewer keys warnings.
+    """
+    found: set[str] = set()
+    for _, other in registry:
+        if other is cls:
+            continue
+        try:
+            found.update(keys(other))
+        except OptionError:
+            continue
+    return frozenset(found)
+
+
+@functools.lru_cache(maxsize=None)
+def _dataset_keys_elsewhere(cls: type | None) -> frozenset:
+    return keys_read_elsewhere(DATASET_REGISTRY, cls, lambda other: dataset_keys(other)[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _model_keys_elsewhere(cls: type | None, block: str) -> frozenset:
+    return keys_read_elsewhere(MODEL_REGISTRY, cls, lambda other: model_keys(other)[block])
+
+
+# ---------------------------------------------------------------------------------------------- typos
+
+
+def typo_distance(a: str, b: str) -> int:
+    """Edits between ``a`` and ``b`` ignoring case: insertions, deletions, substitutions and swaps of two
+    neighbouring characters (optimal string alignment distance)."""
+    a, b = a.lower(), b.lower()
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[len(b)]
+
+
+def max_typo_distance(key: str) -> int:
+    """How many edits still make ``key`` a typo of a known key: 1 below 10 characters, 2 from 10."""
+    return 1 if len(key) < 10 else 2
+
+
+def near_miss(key: Any, known: Iterable[str]) -> str | None:
+    """The known key ``key`` is a typo of (the closest within ``max_typo_distance``), or None."""
+    key = str(key)
+    scored = sorted((typo_distance(key, candidate), candidate) for candidate in known)
+    if scored and scored[0][0] <= max_typo_distance(key):
+        return scored[0][1]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- checking
@@ -285,10 +281,26 @@ class _Checker:
 
     def unknown_keys(self, block: Mapping[str, Any], prefix: str, known: Iterable[str],
                      accepts: Callable[[str], bool] = lambda key: False, where: str = '') -> None:
+        """Every key not in ``known`` is an error (blocks passed to a class as keyword arguments)."""
         known = set(known)
         for key in block:
             if key not in known and not accepts(str(key)):
                 self.report(f'{prefix}{key}', f'unknown key{where}{suggestion(key, known)}')
+
+    def ignorable_keys(self, block: Mapping[str, Any], prefix: str, known: Iterable[str], readers: str,
+                       accepts: Callable[[str], bool] = lambda key: False, read_elsewhere: Iterable[str] = (),
+                       where: str = '') -> None:
+        """Blocks read key by key: a near miss of a ``known`` key is an error, any other unknown key a warning
+        (``readers`` names what reads the block, for the warning)."""
+        known, read_elsewhere = set(known), set(read_elsewhere)
+        for key in block:
+            if key in known or accepts(str(key)):
+                continue
+            typo_of = None if key in read_elsewhere else near_miss(key, known)
+            if typo_of is not None:
+                self.report(f'{prefix}{key}', f'unknown key{where} (did you mean {typo_of!r}?)')
+            else:
+                self.warnings.append(f'{self.source}: {prefix}{key}: ignored (not read by {readers})')
 
     def types(self, block: Mapping[str, Any], prefix: str, pattern_prefix: str) -> None:
         for key, value in block.items():
@@ -320,8 +332,7 @@ class _Checker:
         if not isinstance(type_name, str):
             self.report(key, f'missing or not a string (the registered {what} name), got {type_name!r}')
             return None
-        # basicsr's get() falls back to '<name>_basicsr' (printing a notice); do the same quietly
-        found = registry._obj_map.get(type_name) or registry._obj_map.get(f'{type_name}_basicsr')
+        found = registered_class(registry, type_name)  # basicsr's '<name>_basicsr' fallback, quietly
         if found is None:
             self.report(key, f'{type_name!r} is not a registered {what}{suggestion(type_name, registry.keys())}')
         return found
@@ -335,8 +346,6 @@ class _Checker:
 
 
 def _check_network(checker: _Checker, opt: Mapping[str, Any], label: str) -> None:
-    from basicsr.utils.registry import ARCH_REGISTRY
-
     block = opt[label]
     if not isinstance(block, Mapping):
         checker.report(label, describe_mismatch(block, 'a mapping with a type'))
@@ -347,9 +356,6 @@ def _check_network(checker: _Checker, opt: Mapping[str, Any], label: str) -> Non
 
 
 def _check_datasets(checker: _Checker, datasets: Mapping[str, Any], is_train: bool) -> None:
-    from basicsr.utils.file_client import FileClient
-    from basicsr.utils.registry import DATASET_REGISTRY
-
     if is_train and 'train' not in datasets:
         checker.report('datasets.train', 'missing required key (training needs a train dataset)')
     for phase, block in datasets.items():
@@ -360,15 +366,12 @@ def _check_datasets(checker: _Checker, datasets: Mapping[str, Any], is_train: bo
         checker.types(block, prefix, 'datasets.*.')
         dataset_class = checker.registered(DATASET_REGISTRY, block.get('type'), f'{prefix}type', 'dataset')
         train_phase = str(phase).split('_')[0] == 'train'
+        known: frozenset = frozenset()
         if dataset_class is not None:
             known, required, required_train = dataset_keys(dataset_class)
-            read_elsewhere = _keys_of_other_datasets(dataset_class)
-            for key in block:
-                if key in read_elsewhere and key not in known:  # e.g. official Real-ESRGAN files' gt_size
-                    checker.warnings.append(f'{checker.source}: {prefix}{key}: ignored, '
-                                            f'{dataset_class.__name__} does not read it')
-            checker.unknown_keys({k: v for k, v in block.items() if k not in read_elsewhere}, prefix, known,
-                                 where=f' for {dataset_class.__name__}')
+            checker.ignorable_keys(block, prefix, known, dataset_class.__name__,
+                                   read_elsewhere=_dataset_keys_elsewhere(dataset_class),
+                                   where=f' for {dataset_class.__name__}')
             needed = set(required) | (set(required_train) if train_phase and is_train else set())
             for key in sorted(needed - set(block)):
                 checker.report(f'{prefix}{key}', f'missing required key ({dataset_class.__name__} reads it)')
@@ -377,33 +380,40 @@ def _check_datasets(checker: _Checker, datasets: Mapping[str, Any], is_train: bo
                 if key not in block:
                     checker.report(f'{prefix}{key}', 'missing required key (the train dataloader needs it)')
         backend = block.get('io_backend')
-        if isinstance(backend, Mapping):
+        if isinstance(backend, Mapping):  # basicsr passes it to the backend class as keyword arguments
             checker.unknown_keys(backend, f'{prefix}io_backend.', IO_BACKEND_KEYS)
             if backend.get('type') not in FileClient._backends:
                 checker.report(f'{prefix}io_backend.type', f'must be one of {sorted(FileClient._backends)}, got '
                                f'{backend.get("type")!r}{suggestion(str(backend.get("type")), FileClient._backends)}')
         for key, value in block.items():
             if dataset_class is not None and key not in known:
-                continue  # already reported
+                continue  # reported above, or ignored
             if str(key).startswith('dataroot'):
                 checker.path_exists(f'{prefix}{key}', value, 'folder')
             elif str(key).startswith('meta_info') and isinstance(value, str):
                 checker.path_exists(f'{prefix}{key}', value, 'file')
 
 
-def _check_train(checker: _Checker, train: Mapping[str, Any], model_train_keys: Iterable[str]) -> None:
-    import torch
-    from basicsr.models import lr_scheduler
-    from basicsr.utils.registry import LOSS_REGISTRY
+def _check_perceptual_weights(checker: _Checker, loss: type, block: Mapping[str, Any], key: str) -> None:
+    """A VGG perceptual loss needs its weights on disk (nothing is downloaded): report where to put them."""
+    if not (checker.check_paths and issubclass(loss, VGGPerceptualLoss) and block.get('pretrained', True)):
+        return
+    try:
+        find_vgg_weights(str(block.get('vgg_type', 'vgg19')), block.get('weights_path'), key=key)
+    except (MissingVGGWeightsError, ValueError) as err:
+        checker.problems.append(f'{checker.source}: {err}')
 
-    known = TRAIN_KEYS | set(model_train_keys)
-    checker.unknown_keys(train, 'train.', known)
+
+def _check_train(checker: _Checker, train: Mapping[str, Any], model_class: type | None) -> None:
+    known = TRAIN_KEYS | model_keys(model_class)['train']
+    readers = f'sr-arch or {model_class.__name__}' if model_class is not None else 'sr-arch'
+    checker.ignorable_keys(train, 'train.', known, readers, read_elsewhere=_model_keys_elsewhere(model_class, 'train'))
     checker.types(train, 'train.', 'train.')
     if 'total_iter' not in train:
         checker.report('train.total_iter', 'missing required key')
     for key, subkeys in TRAIN_SUBKEYS.items():
         if isinstance(train.get(key), Mapping):
-            checker.unknown_keys(train[key], f'train.{key}.', subkeys)
+            checker.ignorable_keys(train[key], f'train.{key}.', subkeys, 'sr-arch')
     for key, block in train.items():
         prefix = f'train.{key}.'
         if not isinstance(block, Mapping) or key not in known:
@@ -412,6 +422,7 @@ def _check_train(checker: _Checker, train: Mapping[str, Any], model_train_keys: 
             loss = checker.registered(LOSS_REGISTRY, block.get('type'), f'{prefix}type', 'loss')
             if loss is not None:
                 checker.signature(block, prefix, loss.__init__, f'{loss.__name__}.__init__')
+                _check_perceptual_weights(checker, loss, block, f'train.{key}')
         elif str(key).startswith('optim_'):
             optimizer = getattr(torch.optim, str(block.get('type')), None)
             if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
@@ -432,12 +443,12 @@ def _check_train(checker: _Checker, train: Mapping[str, Any], model_train_keys: 
                 checker.signature(block, prefix, scheduler.__init__, f'{scheduler.__name__}')
 
 
-def _check_val(checker: _Checker, val: Mapping[str, Any], model_val_keys: Iterable[str]) -> None:
-    from basicsr.utils.registry import METRIC_REGISTRY
-
-    checker.unknown_keys(val, 'val.', VAL_KEYS | set(model_val_keys))
+def _check_val(checker: _Checker, val: Mapping[str, Any], model_class: type | None) -> None:
+    readers = f'sr-arch or {model_class.__name__}' if model_class is not None else 'sr-arch'
+    checker.ignorable_keys(val, 'val.', VAL_KEYS | model_keys(model_class)['val'], readers,
+                           read_elsewhere=_model_keys_elsewhere(model_class, 'val'))
     checker.types(val, 'val.', 'val.')
-    if isinstance(val.get('tile'), Mapping):
+    if isinstance(val.get('tile'), Mapping):  # TileOptions refuses unknown keys
         checker.unknown_keys(val['tile'], 'val.tile.', TILE_KEYS)
     for name, block in (val.get('metrics') or {}).items() if isinstance(val.get('metrics'), Mapping) else ():
         prefix = f'val.metrics.{name}.'
@@ -454,9 +465,9 @@ def _check_val(checker: _Checker, val: Mapping[str, Any], model_val_keys: Iterab
 
 
 def _check_path(checker: _Checker, path: Mapping[str, Any], opt: Mapping[str, Any]) -> None:
-    checker.unknown_keys(path, 'path.', PATH_KEYS | {f'{p}g' for p in PATH_NETWORK_PREFIXES},
-                         accepts=lambda key: key.startswith(PATH_NETWORK_PREFIXES)
-                         and f'network_{key.rsplit("_", 1)[-1]}' in opt)
+    checker.ignorable_keys(path, 'path.', PATH_KEYS | {f'{p}g' for p in PATH_NETWORK_PREFIXES}, 'sr-arch',
+                           accepts=lambda key: key.startswith(PATH_NETWORK_PREFIXES)
+                           and f'network_{key.rsplit("_", 1)[-1]}' in opt)
     checker.types(path, 'path.', 'path.')
     for key, value in path.items():
         if str(key).startswith('pretrain_network_') and isinstance(value, str):
@@ -472,18 +483,18 @@ def option_problems(opt: Mapping[str, Any], source: str, is_train: bool = True, 
 
 
 def _check_all(opt: Mapping[str, Any], source: str, is_train: bool, check_paths: bool) -> _Checker:
-    from basicsr.utils.registry import MODEL_REGISTRY
-
     checker = _Checker(source, check_paths)
     model_class = None
     if 'model_type' in opt:
         model_class = checker.registered(MODEL_REGISTRY, opt['model_type'], 'model_type', 'model')
     else:
         checker.report('model_type', 'missing required key')
-    read_by_model = model_keys(model_class)
+    readers = f'sr-arch or {model_class.__name__}' if model_class is not None else 'sr-arch'
 
-    checker.unknown_keys(opt, '', TOP_LEVEL_KEYS | TOP_LEVEL_INTERNAL_KEYS | read_by_model['top'],
-                         accepts=lambda key: key.startswith('network_'))
+    checker.ignorable_keys(opt, '', TOP_LEVEL_KEYS | TOP_LEVEL_INTERNAL_KEYS | {'network_g', 'network_d'}
+                           | model_keys(model_class)['top'], readers,
+                           accepts=lambda key: key.startswith('network_'),
+                           read_elsewhere=_model_keys_elsewhere(model_class, 'top'))
     checker.types(opt, '', '')
     for key in ('name', 'network_g') + (('scale',) if not is_train else ()):
         if key not in opt:
@@ -497,21 +508,21 @@ def _check_all(opt: Mapping[str, Any], source: str, is_train: bool, check_paths:
         checker.report('datasets', 'missing required key')
     if is_train:
         if isinstance(opt.get('train'), Mapping):
-            _check_train(checker, opt['train'], read_by_model['train'])
+            _check_train(checker, opt['train'], model_class)
         elif 'train' not in opt:
             checker.report('train', 'missing required key')
     if isinstance(opt.get('val'), Mapping):
-        _check_val(checker, opt['val'], read_by_model['val'])
+        _check_val(checker, opt['val'], model_class)
     if isinstance(opt.get('path'), Mapping):
         _check_path(checker, opt['path'], opt)
     if isinstance(opt.get('logger'), Mapping):
-        checker.unknown_keys(opt['logger'], 'logger.', LOGGER_KEYS)
+        checker.ignorable_keys(opt['logger'], 'logger.', LOGGER_KEYS, 'sr-arch')
         checker.types(opt['logger'], 'logger.', 'logger.')
         if isinstance(opt['logger'].get('wandb'), Mapping):
-            checker.unknown_keys(opt['logger']['wandb'], 'logger.wandb.', WANDB_KEYS)
+            checker.ignorable_keys(opt['logger']['wandb'], 'logger.wandb.', WANDB_KEYS, 'sr-arch')
     if isinstance(opt.get('dist_params'), Mapping):
-        checker.unknown_keys(opt['dist_params'], 'dist_params.', DIST_PARAMS_KEYS)
-    if isinstance(opt.get('tile'), Mapping):
+        checker.ignorable_keys(opt['dist_params'], 'dist_params.', DIST_PARAMS_KEYS, 'sr-arch')
+    if isinstance(opt.get('tile'), Mapping):  # TileOptions refuses unknown keys
         checker.unknown_keys(opt['tile'], 'tile.', TILE_KEYS)
     num_gpu = opt.get('num_gpu', 'auto')
     if num_gpu != 'auto' and not (isinstance(num_gpu, int) and not isinstance(num_gpu, bool)):
@@ -523,7 +534,7 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool = True,
                      ) -> list[str]:
     """Raise ``OptionValidationError`` (one line per problem) unless ``opt`` is a valid option mapping.
 
-    Returns the warnings (keys that are valid elsewhere but ignored here), one line each.
+    Returns the warnings (keys nothing here reads, which stock BasicSR ignores too), one line each.
     """
     checker = _check_all(opt, source, is_train, check_paths)
     if checker.problems:

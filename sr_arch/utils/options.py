@@ -11,7 +11,11 @@
   torchrun's ``--local-rank`` and ``--local_rank`` are both accepted;
 * seeding every rank with ``manual_seed + rank`` (a random seed is drawn once and shared by all ranks);
 * ``deterministic: true`` -> deterministic algorithms (bit-reproducible runs and resumes on CPU);
-* checking the keys the pipeline needs, with errors naming the file and the key.
+* the papers' own option files run as they are: official names resolved and ignored keys reported
+  (``sr_arch.utils.official_options``), duplicate YAML keys reported with their lines;
+* checking the keys the pipeline needs, with errors naming the file and the key
+  (``sr_arch.utils.option_validation``), before any folder is created;
+* ``num_gpu`` larger than the visible GPUs: an error for training, the CPU (with a note) for testing.
 """
 from __future__ import annotations
 
@@ -24,11 +28,11 @@ from typing import Any
 import torch
 import yaml
 
+from sr_arch.errors import OptionError
 from sr_arch.utils import dist as dist_utils
-
-
-class OptionError(ValueError):
-    """An option file or command-line value is missing or invalid; the message names file and key."""
+from sr_arch.utils.official_options import reject_foreign_format, resolve_official_names
+from sr_arch.utils.option_validation import validate_options
+from sr_arch.utils.training_features import TrainingFeatures
 
 
 def build_arg_parser(is_train: bool = True) -> argparse.ArgumentParser:
@@ -58,16 +62,58 @@ def build_arg_parser(is_train: bool = True) -> argparse.ArgumentParser:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
+    """The option mapping of ``path`` (``OptionError`` if missing, not YAML or not a mapping)."""
+    return read_option_file(path)[0]
+
+
+def read_option_file(path: str) -> tuple[dict[str, Any], list[str]]:
+    """(option mapping, one warning per key that appears twice in the same mapping) of ``path``.
+
+    YAML keeps only the last of repeated keys, silently: GRFormer's test files repeat ``test_4``, which
+    drops Urban100. Each repetition is named with both line numbers.
+    """
     if not osp.isfile(path):
         raise OptionError(f'option file not found: {path}')
     with open(path) as f:
-        try:
-            opt = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise OptionError(f'{path}: not valid YAML: {err}') from err
+        text = f.read()
+    try:
+        opt = yaml.safe_load(text)
+        duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
+    except yaml.YAMLError as err:
+        raise OptionError(f'{path}: not valid YAML: {err}') from err
     if not isinstance(opt, dict):
         raise OptionError(f'{path}: expected a mapping of options at the top level, found {type(opt).__name__}')
-    return opt
+    return opt, duplicates
+
+
+def duplicate_keys(node: yaml.Node | None, source: str, prefix: str = '') -> list[str]:
+    """One line per key repeated in a mapping of the composed YAML ``node`` (recursively)."""
+    found: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in first:
+                first_key, first_value = first[key]
+                name = _name_of(first_value)
+                found.append(f'{source}:{key_node.start_mark.line + 1}: {prefix}{key} is given again (first at line '
+                             f'{first_key.start_mark.line + 1}); YAML keeps only the last one, the first'
+                             f'{f" (name: {name})" if name else ""} is ignored')
+            first[key] = (key_node, value_node)
+            found += duplicate_keys(value_node, source, f'{prefix}{key}.')
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += duplicate_keys(item, source, f'{prefix}{index}.')
+    return found
+
+
+def _name_of(node: yaml.Node) -> str | None:
+    """The scalar ``name`` of a mapping node (a dataset block), else None."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.value == 'name' and isinstance(value_node, yaml.ScalarNode):
+                return str(value_node.value)
+    return None
 
 
 def parse_yml_value(text: str) -> Any:
@@ -148,8 +194,12 @@ def require(opt: dict[str, Any], dotted: str, source: str) -> Any:
     return node
 
 
-def resolve_num_gpu(value: Any, source: str) -> int:
-    """``auto`` -> visible GPUs; an explicit count must not exceed them (0 = CPU)."""
+def resolve_num_gpu(value: Any, source: str, is_train: bool = True, notes: list[str] | None = None) -> int:
+    """``auto`` -> visible GPUs; an explicit count must not exceed them (0 = CPU).
+
+    Testing needs no GPU: a count above the visible GPUs tests on what there is (the CPU when none),
+    with a line appended to ``notes``; training stops with an ``OptionError``.
+    """
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if value is None or value == 'auto':
         return available
@@ -159,6 +209,11 @@ def resolve_num_gpu(value: Any, source: str) -> int:
         raise OptionError(f"{source}: num_gpu must be 'auto' or an integer, got {value!r}") from err
     if count < 0:
         raise OptionError(f'{source}: num_gpu must be >= 0, got {count}')
+    if count > available and not is_train:
+        if notes is not None:
+            notes.append(f'{source}: num_gpu: {count} but {available} GPU(s) are visible; testing on '
+                         f"{'the CPU' if available == 0 else f'{available} GPU(s)'}")
+        return available
     if count > available:
         raise OptionError(f'{source}: num_gpu: {count} but only {available} GPU(s) are visible; '
                           "use num_gpu: auto (0 GPUs means training on the CPU)")
@@ -185,13 +240,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_options(opt: dict[str, Any], source: str, is_train: bool) -> tuple[list[str], list[str]]:
+    """Everything about an option mapping that can fail before anything runs; returns (notes, warnings).
+
+    In order: a DAN/IKC-style file is refused (naming our equivalent file), official names are resolved
+    (notes), the keys the pipeline needs are required, and the whole mapping is validated (every problem
+    at once in one ``OptionValidationError``; keys nothing reads come back as warnings).
+    """
+    reject_foreign_format(opt, source, is_train)
+    notes = resolve_official_names(opt, source, is_train)
+    require(opt, 'name', source)
+    require(opt, 'network_g.type', source)
+    warnings = validate_options(opt, source, is_train=is_train)
+    return notes, warnings
+
+
 def parse_options(root_path: str, is_train: bool = True, argv: list[str] | None = None
                   ) -> tuple[dict[str, Any], argparse.Namespace]:
     """Parse the command line (``argv``, default ``sys.argv[1:]``) and the option file it names."""
     args = build_arg_parser(is_train).parse_args(argv)
     source = args.opt
-    opt = load_yaml(source)
+    opt, duplicates = read_option_file(source)
     opt['opt_path'] = osp.abspath(source)
+    for duplicate in duplicates:
+        print(f'warning: {duplicate}', flush=True)
     if args.force_yml:
         for key in apply_force_yml(opt, args.force_yml, source):
             print(f'--force_yml created {key} (not in {source})', flush=True)
@@ -199,14 +271,11 @@ def parse_options(root_path: str, is_train: bool = True, argv: list[str] | None 
     if getattr(args, 'sets', None):
         select_datasets(opt, args.sets, source)
 
-    require(opt, 'name', source)
-    require(opt, 'network_g.type', source)
-    from sr_arch.utils.option_validation import validate_options
-
-    for warning in validate_options(opt, source, is_train=is_train):  # unknown keys, types, paths: fail now
-        print(f'warning: {warning}', flush=True)
+    notes, warnings = check_options(opt, source, is_train)
     opt.setdefault('path', {})
-    opt['num_gpu'] = resolve_num_gpu(opt.get('num_gpu', 'auto'), source)
+    opt['num_gpu'] = resolve_num_gpu(opt.get('num_gpu', 'auto'), source, is_train, notes)
+    for line in [f'warning: {w}' for w in warnings] + [f'note: {n}' for n in notes]:
+        print(line, flush=True)
 
     dist_utils.check_not_launched_by_torchrun(args.launcher)
     if args.launcher == 'none':
@@ -264,8 +333,7 @@ def parse_options(root_path: str, is_train: bool = True, argv: list[str] | None 
                 opt['val']['val_freq'] = 8
             logger_opt['print_freq'] = 1
             logger_opt['save_checkpoint_freq'] = 8
-        from sr_arch.models.training import TrainingFeatures
-        TrainingFeatures.from_options(opt)  # fail now, before datasets are built, on a bad training key
+        TrainingFeatures.of(opt)  # parsed once, here: fail now, before any folder, on a bad training key
         apply_activation_checkpointing(opt, source)
     else:
         results_root = osp.join(root_path, 'results', opt['name'])

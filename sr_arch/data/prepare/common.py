@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from sr_arch.errors import CorruptImageError, PrepareError
+
 #: file name endings (lower case) treated as images when scanning a folder
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
 ON_ERROR_CHOICES = ('stop', 'skip')
@@ -35,22 +37,6 @@ PARTIAL_SUFFIX = '.partial'
 SETTINGS_FILE = '.prepare.json'
 DONE_FILE = '.prepare.done'
 _TEMP_SUFFIX = '.tmp'
-
-
-class PrepareError(RuntimeError):
-    """A preparation step cannot go on; the message says which file / option and why."""
-
-
-class CorruptImageError(PrepareError):
-    """An image file that cannot be read or decoded (truncated, corrupt, empty, unsupported)."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(path, reason)
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f'{self.path}: {self.reason}'
 
 
 # ----------------------------------------------------------------------------------------------------
