@@ -152,6 +152,9 @@ def _configurations(args: argparse.Namespace) -> list[tuple[str, str, dict[str, 
     from sr_arch.utils.detect import published_variants
 
     variants = published_variants(args.arch, args.scale)
+    if not variants:
+        raise SystemExit(f'sr-arch profile: error: {args.arch} has no published variant at x{args.scale} '
+                         '(--scale 2, 3 or 4)')
     names = args.variant or list(variants)
     unknown = [n for n in names if n not in variants]
     if unknown:
@@ -184,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                                     loaded.detection.kwargs.get('in_chans', 3)))
     else:
         for name, family, kwargs in _configurations(args):
-            net = ARCH_REGISTRY.get(family)(**kwargs).eval().to(device=device, dtype=dtype)
+            try:
+                net = ARCH_REGISTRY.get(family)(**kwargs).eval().to(device=device, dtype=dtype)
+            except (ValueError, TypeError) as err:  # e.g. --scale 5 for a network with 2^n/3 upsamplers
+                print(f'sr-arch profile: error: {name} x{kwargs["upscale"]}: {" ".join(str(err).split())}',
+                      file=sys.stderr)
+                return 2
             hooks = inference_hooks(family, kwargs)
             forward = lambda x, n=net, h=hooks: h.forward_any_size(n, x)  # noqa: E731
             rows.append(profile_network(name, net, forward, kwargs['upscale'], args.size, device, dtype, args.batch,
