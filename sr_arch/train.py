@@ -33,7 +33,7 @@ from basicsr.models import build_model
 from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str
 from basicsr.utils.options import dict2str
 
-from sr_arch.data.robust_io import BadImageError, RobustDataset, find_robust_dataset
+from sr_arch.data.robust_io import BadImageError, PairScaleError, RobustDataset, find_robust_dataset
 from sr_arch.models.training import NonFiniteError, TrainingFeatures, restore_rng_state
 from sr_arch.utils import dist as dist_utils
 from sr_arch.utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
@@ -671,7 +671,7 @@ def _train(opt: dict[str, Any], run: Run, logger: logging.Logger):
 
 
 _EXPECTED_ERRORS = (OptionError, dist_utils.LauncherError, CheckpointError, NonFiniteError, TrainingError,
-                    BadImageError)
+                    BadImageError, PairScaleError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,15 +29,24 @@ from sr_arch.utils.sampling import DatasetWrapper
 MAX_REPLACEMENTS = 16
 
 
-class BadImageError(RuntimeError):
-    """A training image or LMDB entry cannot be read; the message names the file or the LMDB path and key."""
+class DataLoadingError(RuntimeError):
+    """Base of the errors below; keeps its one line when a dataloader worker re-raises it in the main process."""
 
     def __init__(self, message: str) -> None:
         # re-raised from a dataloader worker, the message is the worker's whole traceback: keep our line
-        if message.startswith('Caught BadImageError'):
+        name = type(self).__name__
+        if message.startswith(f'Caught {name}'):
             last = message.strip().splitlines()[-1]
-            message = last.split('BadImageError: ', 1)[-1]
+            message = last.split(f'{name}: ', 1)[-1]
         super().__init__(message)
+
+
+class BadImageError(DataLoadingError):
+    """A training image or LMDB entry cannot be read; the message names the file or the LMDB path and key."""
+
+
+class PairScaleError(DataLoadingError):
+    """An LR / GT pair whose sizes are not 1 : scale (basicsr's ``Scale mismatches``), naming both files."""
 
 
 def _decodes(buffer: bytes) -> bool:
@@ -123,6 +132,13 @@ class RobustDataset(DatasetWrapper):
             return self.dataset[index]
         except BadImageError:
             raise
+        except ValueError as err:
+            reason = ''.join(map(str, err.args))  # basicsr passes its message in two pieces
+            if client is None or not reason.startswith('Scale mismatches'):
+                raise
+            files = ' and '.join(where for where, _ in client.fetched)  # GT first, then LQ, as basicsr reads them
+            raise PairScaleError(f'{self.name}: {files}: {reason} Check {self.name}.dataroot_gt / dataroot_lq '
+                                 'against scale') from None
         except Exception as err:
             reason = client.undecodable() if client is not None else None
             if reason is None and not isinstance(err, (OSError, cv2.error)):

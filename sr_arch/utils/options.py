@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import os.path as osp
 import random
@@ -143,8 +144,9 @@ def apply_force_yml(opt: dict[str, Any], entries: list[str], source: str) -> lis
         keys_text, value_text = entry.split('=', 1)
         parsed.append((entry, split_override_key(keys_text, opt, entry), parse_yml_value(value_text, entry)))
     created = []
+    updated = copy.deepcopy(opt)
     for entry, keys, value in parsed:
-        node = opt
+        node = updated
         for depth, key in enumerate(keys[:-1]):
             if key not in node or node[key] is None:
                 node[key] = {}
@@ -156,6 +158,8 @@ def apply_force_yml(opt: dict[str, Any], entries: list[str], source: str) -> lis
         if keys[-1] not in node:
             created.append('.'.join(keys))
         node[keys[-1]] = value
+    opt.clear()
+    opt.update(updated)
     return created
 
 
