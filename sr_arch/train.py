@@ -266,15 +266,16 @@ def check_pair_scales(dataset: Any, phase: str, source: str) -> None:
         where = (f'{opt["dataroot_gt"]} key ', f'{opt["dataroot_lq"]} key ')
     elif backend == 'disk':
         step = max(1, len(paths) // PAIR_SCALE_SAMPLES)
-        pairs = [(p['gt_path'], p['lq_path'], _file_size(p['gt_path']), _file_size(p['lq_path'])) for p in paths[::step]]
+        pairs = [(p['gt_path'], p['lq_path'], _file_size(p['gt_path']), _file_size(p['lq_path']))
+                 for p in paths[::step]]
         where = ('', '')
     else:
         return
     for gt_path, lq_path, gt_size, lq_size in pairs:
         if gt_size is None or lq_size is None:
             continue
-        fits = [(g == l * scale) if phase == 'train' else (l * scale <= g < (l + 1) * scale)
-                for g, l in zip(gt_size, lq_size)]
+        fits = [(gt == lq * scale) if phase == 'train' else (lq * scale <= gt < (lq + 1) * scale)
+                for gt, lq in zip(gt_size, lq_size)]
         if all(fits):
             continue
         ratio = gt_size[0] / lq_size[0]

@@ -57,6 +57,11 @@ class CorruptImageError(PrepareError):
 # reading and writing images
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 image``, ``2 images`` (``plural_form`` for irregular nouns)."""
+    return f'{count} {noun if count == 1 else plural_form or noun + "s"}'
+
+
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -146,12 +151,6 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def write_png(path: str, img: np.ndarray, compression_level: int = 3) -> None:
     atomic_write_bytes(path, encode_png(img, compression_level))
-
-
-def mod_crop(img: np.ndarray, multiple: int) -> np.ndarray:
-    """Top-left crop of an (H, W[, C]) image to H and W divisible by ``multiple`` (MATLAB's modcrop)."""
-    h, w = img.shape[:2]
-    return img[:h - h % multiple, :w - w % multiple, ...]
 
 
 def bicubic_resize(img: np.ndarray, factor: float) -> np.ndarray:
@@ -290,6 +289,13 @@ class StagedOutput:
         self._done[key] = info
         self._done_file.write(f'{key}\t{info}\n')
         self._done_file.flush()
+
+    def discard(self) -> None:
+        """Delete ``<final>.partial`` (a run that produced nothing): nothing is marked complete, and the next
+        run starts afresh, with any settings."""
+        self.close()
+        if os.path.isdir(self.partial):
+            shutil.rmtree(self.partial)
 
     def close(self) -> None:
         if self._done_file is not None:
