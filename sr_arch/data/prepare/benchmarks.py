@@ -193,7 +193,7 @@ def _run_layout(name: str, stages: Sequence[StagedOutput], tasks: list[_Task], w
         if not counts:
             for stage in stages:
                 stage.discard()
-            raise PrepareError(f'{name}: nothing written, no image could be read ({result.bad.summary(3)})')
+            raise PrepareError(f'{name}: nothing written, no image could be read ({result.bad.one_line()})')
         result.images[name] = len(counts)
         result.lr_copied[name] = sum(c for c, _ in counts)
         result.lr_generated[name] = sum(g for _, g in counts)

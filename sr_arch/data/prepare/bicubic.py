@@ -128,7 +128,7 @@ def generate_bicubic(input_dir: str, output: str, scales: Sequence[int] = (2, 3,
         if staged and not any(stage.done for stage in staged.values()):
             for stage in staged.values():
                 stage.discard()
-            raise PrepareError(f'nothing written: no image of {input_dir} could be read ({result.bad.summary(3)})')
+            raise PrepareError(f'nothing written: no image of {input_dir} could be read ({result.bad.one_line()})')
         for (s, kind), stage in staged.items():
             if kind == 'lr' and not hr_output:
                 for name, size in sorted(stage.done.items()):

@@ -194,6 +194,12 @@ class BadImages:
                                     'images instead)')
         self.errors.append(error)
 
+    def one_line(self, limit: int = 3) -> str:
+        """``skipped N unreadable image(s): <path>: <reason>; ...`` on one line (for error messages)."""
+        shown = '; '.join(str(err) for err in self.errors[:limit])
+        more = f'; ... and {len(self.errors) - limit} more' if len(self.errors) > limit else ''
+        return f'skipped {len(self.errors)} unreadable image(s): {shown}{more}' if self.errors else ''
+
     def summary(self, limit: int = 10) -> str:
         if not self.errors:
             return ''

@@ -128,7 +128,7 @@ def generate_gaussian8(input_root: str, output_root: str, scales: Sequence[int] 
                 if not staged.done:
                     staged.discard()
                     raise PrepareError(f'{out}: nothing written, no image of {hr_folder} could be read '
-                                       f'({result.bad.summary(3)})')
+                                       f'({result.bad.one_line()})')
                 result.written[out] = len(staged.done)
                 staged.commit()
             finally:

@@ -153,7 +153,7 @@ def build_lmdb(input_dir: str, output: str | None = None, recursive: bool = Fals
             writer.close()
             writer = None
             staged.discard()
-            raise PrepareError(f'nothing written: no image of {input_dir} could be read ({result.bad.summary(3)})')
+            raise PrepareError(f'nothing written: no image of {input_dir} could be read ({result.bad.one_line()})')
         meta = ''.join(f'{key}.png ({shape}) {compress_level}\n' for key, shape in sorted(staged.done.items()))
         with open(os.path.join(staged.partial, META_INFO), 'w') as f:
             f.write(meta)

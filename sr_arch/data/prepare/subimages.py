@@ -214,7 +214,7 @@ def _nothing_written(inputs: Sequence[str], crop_size: int, scale: int, result: 
         crop = crop_size // scale
         return (f'no sub-images written: all {plural(len(result.too_small), "image")} in {where} are smaller than the '
                 f'crop ({crop}x{crop} pixels), e.g. {", ".join(result.too_small[:3])}; pass a smaller --crop-size')
-    return f'no sub-images written: no image of {where} could be read ({result.bad.summary(3)})'
+    return f'nothing written: no image of {where} could be read ({result.bad.one_line()})'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
