@@ -267,7 +267,8 @@ def make_downloads(root: str) -> dict[str, np.ndarray]:
         os.makedirs(os.path.join(selfexsr, f'image_SRF_{s}'))
         cv2.imwrite(os.path.join(selfexsr, f'image_SRF_{s}', f'img_001_SRF_{s}_HR.png'),
                     mod_crop(originals[a], s))
-        cv2.imwrite(os.path.join(selfexsr, f'image_SRF_{s}', f'img_001_SRF_{s}_LR.png'), bicubic.downsample(originals[a], s))
+        cv2.imwrite(os.path.join(selfexsr, f'image_SRF_{s}', f'img_001_SRF_{s}_LR.png'),
+                    bicubic.downsample(originals[a], s))
     return originals
 
 
@@ -313,6 +314,7 @@ def test_benchmarks_adds_a_missing_scale_to_an_existing_layout(tmp_path, capsys)
                          '--scales', '2', '3', '4']) == 0
     out = capsys.readouterr().out
     assert f'{dest}/Set5 exists without X3: adding it' in out and f'{dest}/Set5: 2 images' in out
+    assert f'{dest}/Set14: 1 image, LR: 0 from the download, 1 generated' in out  # not '1 images'
     tree = image_files(dest)
     assert sorted(rel for rel in tree if '/X3/' in rel) == sorted(f'{rel.split("/")[0]}/LR_bicubic/X3/'
                                                                   f'{rel.split("/")[-1]}' for rel in tree
@@ -485,7 +487,8 @@ def test_corrupt_png_is_reported_by_name(tmp_path, capsys, step):
     write_photos(str(folder), TRAIN_PHOTOS[:3], max_side=64)
     bad = str(folder / f'{TRAIN_PHOTOS[1]}.png')
     truncate_file(bad)
-    args = {'subimages': ['--input', str(folder), '--output', str(tmp_path / 'out'), '--crop-size', '32', '--step', '16'],
+    args = {'subimages': ['--input', str(folder), '--output', str(tmp_path / 'out'), '--crop-size', '32',
+                          '--step', '16'],
             'bicubic': ['--input', str(folder), '--output', str(tmp_path / 'X{s}'), '--scales', '2'],
             'lmdb': ['--input', str(folder)],
             'benchmarks': ['--source', str(tmp_path), '--dest', str(tmp_path / 'benchmark'), '--scales', '2']}[step]
@@ -617,7 +620,8 @@ def test_training_reads_lmdb_and_folder_outputs(tmp_path):
     write_photos(str(layout), TRAIN_PHOTOS[:2], max_side=48)
     bench = benchmarks.prepare_benchmarks(str(tmp_path / 'downloads'), str(tmp_path / 'benchmark'), scales=[2])
     val_hr_db = lmdb_store.build_lmdb(str(tmp_path / 'benchmark/Set5/HR'), str(tmp_path / 'Set5_HR.lmdb')).output
-    val_lr_db = lmdb_store.build_lmdb(str(tmp_path / 'benchmark/Set5/LR_bicubic/X2'), str(tmp_path / 'Set5_X2.lmdb')).output
+    val_lr_db = lmdb_store.build_lmdb(str(tmp_path / 'benchmark/Set5/LR_bicubic/X2'),
+                                      str(tmp_path / 'Set5_X2.lmdb')).output
     assert bench.images == {'Set5': 2}
 
     opt = {
@@ -627,12 +631,14 @@ def test_training_reads_lmdb_and_folder_outputs(tmp_path):
                       'io_backend': {'type': 'lmdb'}, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
                       'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
                       'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
-            'val_1': {'name': 'Set5_folder', 'type': 'PairedImageDataset', 'dataroot_gt': str(tmp_path / 'benchmark/Set5/HR'),
+            'val_1': {'name': 'Set5_folder', 'type': 'PairedImageDataset',
+                      'dataroot_gt': str(tmp_path / 'benchmark/Set5/HR'),
                       'dataroot_lq': str(tmp_path / 'benchmark/Set5/LR_bicubic/X2'), 'io_backend': {'type': 'disk'}},
             'val_2': {'name': 'Set5_lmdb', 'type': 'PairedImageDataset', 'dataroot_gt': val_hr_db,
                       'dataroot_lq': val_lr_db, 'io_backend': {'type': 'lmdb'}},
         },
-        'network_g': {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2},
+        'network_g': {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
+                      'upscale': 2},
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [10],
                                                                           'gamma': 0.5},

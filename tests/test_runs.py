@@ -14,7 +14,7 @@ import time
 import pytest
 
 import sr_arch  # noqa: F401  (before basicsr)
-from helpers import deep_update, make_paired_folder, run_script, tiny_options, write_options
+from helpers import REPO_ROOT, deep_update, make_paired_folder, run_script, tiny_options, write_options
 from sr_arch import cli
 from sr_arch import train as train_module
 from sr_arch.data.robust_io import PairScaleError, RobustDataset
@@ -275,3 +275,17 @@ def test_help_names_the_command_and_only_its_flags(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         parse_options('.', False, ['-opt', 'x.yml', '--auto_resume'])
     assert 'unrecognized arguments: --auto_resume' in capsys.readouterr().err
+
+
+def test_small_things_profile_scale_and_pretrained_readme(capsys):
+    from sr_arch import profile
+
+    assert profile.main(['--arch', 'HAT', '--variant', 'HAT-S', '--scale', '5']) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == ['sr-arch profile: error: HAT-S x5: HAT: upscale must be a power of 2 '
+                                                 'or 3, got 5'] and captured.out == ''
+    with pytest.raises(SystemExit, match='ESRT has no published variant at x5'):
+        profile.main(['--arch', 'ESRT', '--scale', '5'])
+    with open(os.path.join(REPO_ROOT, 'experiments', 'pretrained_models', 'README.md')) as f:
+        text = f.read()
+    assert '\\n' not in text and text.startswith('# Pretrained models\n\n')
