@@ -4,11 +4,15 @@ BasicSR's command line (``--launcher none|pytorch|slurm``, ``--auto_resume``, ``
 ``--force_yml k=v``) and experiment layout (``experiments/<name>/{models,training_states}``,
 ``tb_logger/<name>``), built from basicsr's pieces (datasets, dataloaders, models, loggers), with:
 
+* everything (options, overrides, resume state, datasets, model) built and checked before
+  ``experiments/<name>`` is created, archived or continued: a start that fails changes nothing on disk
+  and prints its error, not pages of set-up log;
+* an existing experiment archived only when a run starts from scratch, never when it is continued;
 * one process per GPU under torchrun or srun, or on CPUs with gloo (``sr_arch.utils.options``);
 * gradient accumulation, AMP, clipping, compile… (``sr_arch.models.training.TrainingMixin``);
 * resumes that continue the same data order and augmentation randomness (``sr_arch.utils.sampling``),
   RNG states, lr schedule and EMA: ``--auto_resume`` takes the newest checkpoint whose training state
-  and networks are all present and loadable;
+  and networks are all present and loadable, and says so (or that there is nothing to resume);
 * a tqdm bar on rank 0 (ETA, it/s, images/s), TensorBoard scalars and validation images;
 * a clear stop on a non-finite loss (``NonFiniteError``), with no broken checkpoint written.
 """
