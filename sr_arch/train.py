@@ -319,7 +319,8 @@ def build_train_loader(opt: dict[str, Any], logger: logging.Logger
     # a private generator: iterator creation must not draw from the global torch RNG (exact resumes)
     loader.generator = torch.Generator().manual_seed(opt['manual_seed'])
     if len(loader) == 0:
-        raise TrainingError(f'{source}: datasets.train has {len(train_set)} images x dataset_enlarge_ratio {ratio} '
+        images = f'{len(train_set)} image' + ('s' if len(train_set) != 1 else '')
+        raise TrainingError(f'{source}: datasets.train has {images} x dataset_enlarge_ratio {ratio} '
                             f'over {opt["world_size"]} process(es) = {len(sampler)} per process, fewer than one batch '
                             f'(batch_size_per_gpu: {dataset_opt["batch_size_per_gpu"]}, last partial batch dropped)')
     features = TrainingFeatures.from_options(opt)
