@@ -1,4 +1,4 @@
-"""Write the Gaussian8 blind-SR test sets (same as `sr-arch prepare gaussian8`); --help for options."""
+"""Same as `sr-arch prepare gaussian8` (run with --help for the options)."""
 import sys
-from sr_arch.data.gaussian8 import main
-sys.exit(main())
+from sr_arch.prepare import main
+sys.exit(main(['gaussian8', *sys.argv[1:]]))

@@ -71,15 +71,24 @@ class DemoError(SRArchError, RuntimeError):
 # ---------------------------------------------------------------------------------------------- data
 
 
-class BadImageError(SRArchError, RuntimeError):
-    """A training image or LMDB entry cannot be read; the message names the file or the LMDB path and key."""
+class DataLoadingError(SRArchError, RuntimeError):
+    """Base of the sample-loading errors; keeps its one line when a dataloader worker re-raises it."""
 
     def __init__(self, message: str) -> None:
         # re-raised from a dataloader worker, the message is the worker's whole traceback: keep our line
-        if message.startswith('Caught BadImageError'):
+        name = type(self).__name__
+        if message.startswith(f'Caught {name}'):
             last = message.strip().splitlines()[-1]
-            message = last.split('BadImageError: ', 1)[-1]
+            message = last.split(f'{name}: ', 1)[-1]
         super().__init__(message)
+
+
+class BadImageError(DataLoadingError):
+    """A training image or LMDB entry cannot be read; the message names the file or the LMDB path and key."""
+
+
+class PairScaleError(DataLoadingError):
+    """An LR / GT pair whose sizes are not 1 : scale (basicsr's ``Scale mismatches``), naming both files."""
 
 
 class PrepareError(SRArchError, RuntimeError):

@@ -28,6 +28,10 @@ from sr_arch.errors import InferenceError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp')
 _EIGHT_BIT_ONLY = ('.jpg', '.jpeg', '.webp', '.bmp')
+_NO_ALPHA = ('.jpg', '.jpeg')
+#: TileOptions keys -> the flags of this command (error messages name what the user can type)
+TILE_FLAGS = {'tile_size': '--tile', 'tile_pad': '--tile-pad', 'batch_size': '--tile-batch',
+              'max_memory': '--max-memory'}
 
 _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -175,6 +179,17 @@ def write_image(path: str, rgb: np.ndarray, alpha: np.ndarray | None, grayscale:
         raise InferenceError(f'{path}: could not be written')
 
 
+def format_losses(ext: str, image: LoadedImage) -> list[str]:
+    """What writing ``image`` as ``ext`` would drop: its alpha channel, its 16-bit depth; [] when nothing."""
+    ext = ext.lower()
+    lost = []
+    if image.alpha is not None and ext in _NO_ALPHA:
+        lost.append('its alpha channel')
+    if image.max_value > 255 and ext in _EIGHT_BIT_ONLY:
+        lost.append('16-bit depth (written as 8 bit)')
+    return lost
+
+
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     """(H, W) alpha in [0, 1] -> (sH, sW), bicubic, clipped to [0, 1]."""
     import cv2
@@ -284,11 +299,11 @@ def _tiler(args: argparse.Namespace, multiple: int, device: torch.device) -> Any
         except ValueError:
             raise InferenceError(f"--tile must be a positive integer or 'auto', got {args.tile!r}") from None
     try:
-        options = TileOptions.from_opt(block, '--tile')
+        options = TileOptions.from_opt(block, '--tile', names=TILE_FLAGS)
     except ValueError as err:
         raise InferenceError(str(err)) from err
     return Tiler(options, multiple=multiple, output_device='cpu' if device.type == 'cuda' else None,
-                 progress=TileProgressBar(sys.stderr))
+                 progress=TileProgressBar(sys.stderr), budget_name='--max-memory')
 
 
 def _one_line(message: str) -> str:
@@ -303,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ext and not args.ext.startswith('.'):
         args.ext = '.' + args.ext
     try:
+        if args.ext and args.ext.lower() not in IMAGE_EXTENSIONS:
+            raise InferenceError(f'--ext {args.ext}: not a format this command writes; use one of '
+                                 f'{", ".join(IMAGE_EXTENSIONS)}')
+        if args.max_memory is not None and args.tile != 'auto':
+            raise InferenceError('--max-memory is the budget of --tile auto; add --tile auto (or leave it out)')
         device = torch.device(args.device)
         if device.type == 'cuda' and not torch.cuda.is_available():
             raise InferenceError(f'--device {args.device}: CUDA is not available on this machine')
@@ -316,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = list(collect_inputs(args.inputs))
     failures = written = 0
+    announced = False
     progress = tqdm(jobs, unit='image', file=sys.stderr)
     for path, error, relative in progress:
         progress.set_description(os.path.basename(path))
@@ -326,7 +347,18 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.exists(destination) and os.path.samefile(destination, path):
                 raise InferenceError(f'{path}: the output would overwrite the input; use another --out or --suffix')
             image = read_image(path)
+            ext = os.path.splitext(destination)[1]
+            lost = format_losses(ext, image)
+            if lost:
+                tqdm.write(f'sr-arch infer: warning: {path}: {ext} drops {" and ".join(lost)}; '
+                           'use --ext .png or .tif to keep everything', file=sys.stderr)
             rgb, alpha = upscale_image(model, image, tiler, args.ensemble)
+            if tiler is not None and tiler.chosen_automatically and not announced:
+                tqdm.write(f'sr-arch infer: --tile auto chose {tiler.tile_size}x{tiler.tile_size} LR tiles '
+                           f'(--max-memory {args.max_memory}, measured on {device})', file=sys.stderr)
+                announced = True
+            if ext.lower() in _NO_ALPHA:
+                alpha = None
             write_image(destination, rgb, alpha, image.grayscale, image.max_value)
             written += 1
         except InferenceError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from sr_arch.data.prepare.common import PrepareError
@@ -27,33 +28,24 @@ STEPS: dict[str, tuple[str, str, str, str]] = {
                   'meta-info file of an HR-only folder (ImageNet), skipping small / unreadable images'),
     'benchmarks': ('sr_arch.data.prepare.benchmarks', 'add_arguments', 'run',
                    'lay out Set5/Set14/B100/Urban100/Manga109 as benchmark/<Set>/HR + LR_bicubic/X{s}'),
-}
-#: steps implemented elsewhere that parse their own arguments: step -> (module with main(argv), description)
-EXTERNAL_STEPS: dict[str, tuple[str, str]] = {
-    'gaussian8': ('sr_arch.data.gaussian8', 'Gaussian8 blurred LR test sets (LabNet / IKC / DAN protocol)'),
+    'gaussian8': ('sr_arch.data.prepare.gaussian8', 'add_arguments', 'run',
+                  'Gaussian8 blurred LR test sets (LabNet / IKC / DAN protocol)'),
 }
 
 
 def usage() -> str:
-    descriptions = {name: spec[-1] for name, spec in STEPS.items()}
-    descriptions.update({name: desc for name, (_, desc) in EXTERNAL_STEPS.items()})
-    width = max(map(len, descriptions))
+    width = max(map(len, STEPS))
     lines = ['usage: sr-arch prepare <step> [options]', '', 'steps:']
-    lines += [f'  {name:<{width}}  {desc}' for name, desc in descriptions.items()]
+    lines += [f'  {name:<{width}}  {spec[-1]}' for name, spec in STEPS.items()]
     lines += ['', "Run 'sr-arch prepare <step> --help' for a step's options; datasets/README.md has the recipes."]
     return '\n'.join(lines)
 
 
-def _run_external(step: str, argv: list[str]) -> int:
-    module_name = EXTERNAL_STEPS[step][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        print(f'sr-arch prepare {step}: not available in this installation ({module_name} is missing)', file=sys.stderr)
-        return 2
-    return int(module.main(argv) or 0)
+def plain_text(docstring: str) -> str:
+    """A module docstring as terminal text: reStructuredText double-backquote literals and :role:`x`
+    references lose their markup (argparse prints the description as it is)."""
+    text = re.sub(r':\w+:`([^`]+)`', r'\1', docstring)
+    return re.sub(r'``([^`]+)``', r'\1', text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,14 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     step, rest = argv[0], argv[1:]
-    if step in EXTERNAL_STEPS:
-        return _run_external(step, rest)
     if step not in STEPS:
         print(f"sr-arch prepare: unknown step '{step}'\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, add_arguments, run, description = STEPS[step]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f'sr-arch prepare {step}', description=module.__doc__,
+    parser = argparse.ArgumentParser(prog=f'sr-arch prepare {step}', description=plain_text(module.__doc__ or ''),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     getattr(module, add_arguments)(parser)
     args = parser.parse_args(rest)

@@ -188,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
                                     args.batch, args.repeats, args.warmup, loaded.detection.kwargs.get('in_chans', 3)))
     else:
         for name, family, kwargs in _configurations(args):
-            net = family_spec(family).cls(**kwargs).eval().to(device=device, dtype=dtype)
+            try:
+                net = family_spec(family).cls(**kwargs).eval().to(device=device, dtype=dtype)
+            except (ValueError, TypeError) as err:  # e.g. --scale 5 for a network with 2^n/3 upsamplers
+                print(f'sr-arch profile: error: {name} x{kwargs["upscale"]}: {" ".join(str(err).split())}',
+                      file=sys.stderr)
+                return 2
             rows.append(profile_network(name, net, kwargs['upscale'], args.size, device, dtype, args.batch,
                                         args.repeats, args.warmup, kwargs.get('in_chans', 3)))
             del net

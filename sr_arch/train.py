@@ -4,11 +4,15 @@ BasicSR's command line (``--launcher none|pytorch|slurm``, ``--auto_resume``, ``
 ``--force_yml k=v``) and experiment layout (``experiments/<name>/{models,training_states}``,
 ``tb_logger/<name>``), built from basicsr's pieces (datasets, dataloaders, models, loggers), with:
 
+* everything (options, overrides, resume state, datasets, model) built and checked before
+  ``experiments/<name>`` is created, archived or continued: a start that fails changes nothing on disk
+  and prints its error, not pages of set-up log;
+* an existing experiment archived only when a run starts from scratch, never when it is continued;
 * one process per GPU under torchrun or srun, or on CPUs with gloo (``sr_arch.utils.options``);
 * gradient accumulation, AMP, clipping, compile… (``sr_arch.models.training.TrainingMixin``);
 * resumes that continue the same data order and augmentation randomness (``sr_arch.utils.sampling``),
   RNG states, lr schedule and EMA: ``--auto_resume`` takes the newest checkpoint whose training state
-  and networks are all present and loadable;
+  and networks are all present and loadable, and says so (or that there is nothing to resume);
 * a tqdm bar on rank 0 (ETA, it/s, images/s), TensorBoard scalars and validation images;
 * a clear stop on a non-finite loss (``NonFiniteError``), with no broken checkpoint written.
 """
@@ -22,6 +26,7 @@ import os.path as osp
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -29,9 +34,8 @@ import torch
 import sr_arch  # noqa: F401  (compat fixes and registration before any basicsr import)
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
-from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs
-from basicsr.utils import mkdir_and_rename
-from basicsr.utils.options import copy_opt_file, dict2str
+from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str
+from basicsr.utils.options import dict2str
 
 from sr_arch.data.robust_io import RobustDataset, find_robust_dataset
 from sr_arch.errors import CheckpointError, NonFiniteError, OptionError, SRArchError, TrainingError
@@ -97,23 +101,42 @@ def find_resume_state(states_dir: str, models_dir: str, labels: list[str]
     return None, None, skipped
 
 
-def load_resume_state(opt: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
-    """Resolve ``--auto_resume`` / ``path.resume_state``; point ``path.pretrain_network_*`` at the matching
-    network files (param key ``params``, strict) so the model is built with the resumed weights."""
-    notes: list[str] = []
+@dataclass
+class ResumePlan:
+    """What ``--auto_resume`` / ``path.resume_state`` found, before anything on disk is changed.
+
+    ``state`` is None for a run from iteration 0; ``notes`` are logged at INFO, ``warning`` (e.g.
+    "nothing to resume") at WARNING so that it is seen.
+    """
+
+    state: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    warning: str | None = None
+
+    @property
+    def continuing(self) -> bool:
+        return self.state is not None
+
+
+def load_resume_state(opt: dict[str, Any]) -> ResumePlan:
+    """Resolve ``--auto_resume`` / ``path.resume_state`` (read only); point ``path.pretrain_network_*`` at the
+    matching network files (param key ``params``, strict) so the model is built with the resumed weights."""
+    plan = ResumePlan()
     labels = network_labels(opt)
-    state_path, state = None, None
+    state_path = None
     if opt['auto_resume']:
         if opt['rank'] == 0:
-            notes += [f'removed unfinished save {p}' for p in
-                      remove_stale_temporaries(opt['path']['training_states'], opt['path']['models'])]
             state_path, _, skipped = find_resume_state(opt['path']['training_states'], opt['path']['models'], labels)
-            notes += [f'auto_resume skipped {reason}' for reason in skipped]
+            plan.notes += [f'auto_resume skipped {reason}' for reason in skipped]
         state_path = dist_utils.broadcast_object(state_path)
+        if state_path is None:
+            why = f'{len(plan.notes)} incomplete checkpoint(s), see above' if plan.notes else 'no checkpoint'
+            plan.warning = (f'--auto_resume: nothing to resume in {opt["path"]["training_states"]} ({why}); '
+                            'starting from iteration 0')
     elif opt['path'].get('resume_state'):
         state_path = opt['path']['resume_state']
     if state_path is None:
-        return None, notes
+        return plan
     state = load_checkpoint(state_path)
     if not isinstance(state, dict) or 'iter' not in state:
         raise CheckpointError(f'{state_path} (path.resume_state): not a training state')
@@ -126,11 +149,142 @@ def load_resume_state(opt: dict[str, Any]) -> tuple[dict[str, Any] | None, list[
         opt['path'][f'param_key_{label}'] = 'params'
         opt['path'][f'strict_load_{label}'] = True
     opt['path']['resume_state'] = state_path
-    notes.append(f'resuming from {state_path} (iteration {state["iter"]})')
-    return state, notes
+    plan.state = state
+    plan.notes.append(f'resuming from {state_path} (iteration {state["iter"]})')
+    total = int(opt['train']['total_iter'])
+    if int(state['iter']) >= total:
+        plan.warning = (f'{state_path} is at iteration {state["iter"]}, train.total_iter is {total}: nothing left '
+                        'to train (raise it, e.g. --force_yml train.total_iter=N)')
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------- experiment
+
+
+def archive_folder(path: str) -> str:
+    """Rename ``path`` to ``<path>_archived_<time>`` (basicsr's naming; a counter if taken); returns the new name."""
+    target = f'{path}_archived_{get_time_str()}'
+    candidate, counter = target, 1
+    while osp.exists(candidate):
+        candidate, counter = f'{target}_{counter}', counter + 1
+    os.rename(path, candidate)
+    return candidate
+
+
+def copy_option_file(opt_file: str, experiments_root: str) -> str:
+    """Copy the option file into the experiment, headed by the time and command line.
+
+    The copy of an earlier start of the same experiment (a resumed run) is kept: the new copy then
+    gets the time in its name.
+    """
+    stem, ext = osp.splitext(osp.basename(opt_file))
+    target = osp.join(experiments_root, stem + ext)
+    if osp.exists(target):
+        target = osp.join(experiments_root, f'{stem}_{get_time_str()}{ext}')
+    with open(opt_file) as f:
+        text = f.read()
+    header = f'# GENERATE TIME: {time.asctime()}\n# CMD:\n# {" ".join(sys.argv)}\n\n'
+    with open(target, 'w') as f:
+        f.write(header + text)
+    return target
+
+
+def open_experiment(opt: dict[str, Any], opt_file: str, continuing: bool) -> list[str]:
+    """Create ``experiments/<name>`` and its sub-folders on rank 0; called once everything is validated.
+
+    An existing experiment folder (and its ``tb_logger/<name>``) is archived only when this run starts
+    from scratch; a continued run (``--auto_resume`` / ``path.resume_state``) writes into it, after
+    deleting temporary files of a save that was killed. Returns what was done, for the log.
+    """
+    notes: list[str] = []
+    paths = opt['path']
+    if opt['rank'] == 0:
+        root = paths['experiments_root']
+        tb_dir = osp.join(opt['root_path'], 'tb_logger', opt['name'])
+        if not continuing:
+            for folder in (root, tb_dir):
+                if osp.exists(folder):
+                    notes.append(f'{folder} already existed: archived to {archive_folder(folder)} (this run starts '
+                                 'from iteration 0; --auto_resume would have continued it)')
+        for key in ('experiments_root', 'models', 'training_states', 'visualization', 'log'):
+            os.makedirs(paths[key], exist_ok=True)
+        if continuing and opt['auto_resume']:
+            notes += [f'removed unfinished save {p}' for p in
+                      remove_stale_temporaries(paths['training_states'], paths['models'])]
+        copy_option_file(opt_file, root)
+    dist_utils.barrier()
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------- data
+
+
+#: pairs whose sizes ``check_pair_scales`` reads from a folder dataset (header reads, evenly spread)
+PAIR_SCALE_SAMPLES = 16
+_META_SHAPE = re.compile(r'^(\S+)\s+\((\d+),\s*(\d+)')
+
+
+def _lmdb_shapes(folder: str) -> dict[str, tuple[int, int]]:
+    """key -> (H, W) from an LMDB's ``meta_info.txt`` (``0001_s001.png (480,480,3) 1``)."""
+    shapes = {}
+    with open(osp.join(folder, 'meta_info.txt')) as f:
+        for line in f:
+            match = _META_SHAPE.match(line.strip())
+            if match:
+                shapes[match.group(1).split('.')[0]] = (int(match.group(2)), int(match.group(3)))
+    return shapes
+
+
+def _file_size(path: str) -> tuple[int, int] | None:
+    """(H, W) of an image file from its header, or None when it cannot be read (reported when loaded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def check_pair_scales(dataset: Any, phase: str, source: str) -> None:
+    """A paired dataset whose LR is not 1/scale of its GT fails now, naming both files and the option keys.
+
+    basicsr would stop at the first batch with ``Scale mismatches`` (train) or later in the metrics
+    (validation). LMDBs are checked pair by pair from their ``meta_info.txt``; folders on
+    ``PAIR_SCALE_SAMPLES`` pairs spread over the dataset (an LR folder of another scale fails on all).
+    """
+    paths = getattr(dataset, 'paths', None)
+    opt = getattr(dataset, 'opt', {})
+    scale = opt.get('scale')
+    if not paths or not isinstance(paths[0], dict) or not {'gt_path', 'lq_path'} <= set(paths[0]) or not scale:
+        return
+    backend = (opt.get('io_backend') or {}).get('type', 'disk')
+    if backend == 'lmdb':
+        try:
+            gt_shapes, lq_shapes = _lmdb_shapes(opt['dataroot_gt']), _lmdb_shapes(opt['dataroot_lq'])
+        except OSError:
+            return
+        pairs = [(p['gt_path'], p['lq_path'], gt_shapes.get(p['gt_path']), lq_shapes.get(p['lq_path'])) for p in paths]
+        where = (f'{opt["dataroot_gt"]} key ', f'{opt["dataroot_lq"]} key ')
+    elif backend == 'disk':
+        step = max(1, len(paths) // PAIR_SCALE_SAMPLES)
+        pairs = [(p['gt_path'], p['lq_path'], _file_size(p['gt_path']), _file_size(p['lq_path']))
+                 for p in paths[::step]]
+        where = ('', '')
+    else:
+        return
+    for gt_path, lq_path, gt_size, lq_size in pairs:
+        if gt_size is None or lq_size is None:
+            continue
+        fits = [(gt == lq * scale) if phase == 'train' else (lq * scale <= gt < (lq + 1) * scale)
+                for gt, lq in zip(gt_size, lq_size)]
+        if all(fits):
+            continue
+        ratio = gt_size[0] / lq_size[0]
+        found = f'x{ratio:.0f}' if abs(ratio - round(ratio)) < 0.05 * ratio else f'x{ratio:.2f}'
+        raise OptionError(f'{source}: datasets.{phase}: LR {where[1]}{lq_path} ({lq_size[0]}x{lq_size[1]}) is not '
+                          f'1/{scale} of its GT {where[0]}{gt_path} ({gt_size[0]}x{gt_size[1]}, about {found}); '
+                          f'check datasets.{phase}.dataroot_lq / dataroot_gt against scale: {scale}')
 
 
 def build_dataset_checked(dataset_opt: dict[str, Any], phase: str, source: str) -> torch.utils.data.Dataset:
@@ -153,6 +307,7 @@ def build_train_loader(opt: dict[str, Any], logger: logging.Logger
             raise OptionError(f'{source}: missing required option datasets.train.{key}')
     ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
     train_set = build_dataset_checked(dataset_opt, 'train', source)
+    check_pair_scales(train_set, 'train', source)
     train_set = RobustDataset(train_set, bool(dataset_opt.get('skip_bad_images', False)), 'datasets.train')
     if len(train_set) == 0:
         raise TrainingError(f'{source}: datasets.train ({dataset_opt.get("dataroot_gt")}) holds no images')
@@ -162,7 +317,8 @@ def build_train_loader(opt: dict[str, Any], logger: logging.Logger
     # a private generator: iterator creation must not draw from the global torch RNG (exact resumes)
     loader.generator = torch.Generator().manual_seed(opt['manual_seed'])
     if len(loader) == 0:
-        raise TrainingError(f'{source}: datasets.train has {len(train_set)} images x dataset_enlarge_ratio {ratio} '
+        images = f'{len(train_set)} image' + ('s' if len(train_set) != 1 else '')
+        raise TrainingError(f'{source}: datasets.train has {images} x dataset_enlarge_ratio {ratio} '
                             f'over {opt["world_size"]} process(es) = {len(sampler)} per process, fewer than one batch '
                             f'(batch_size_per_gpu: {dataset_opt["batch_size_per_gpu"]}, last partial batch dropped)')
     features = TrainingFeatures.of(opt)
@@ -186,6 +342,7 @@ def build_val_loaders(opt: dict[str, Any], logger: logging.Logger) -> list[torch
             raise OptionError(f"{opt.get('opt_path', '<options>')}: datasets.{phase}: phase must be 'train' or "
                               "'val[_name]'")
         val_set = build_dataset_checked(dataset_opt, phase, opt.get('opt_path', '<options>'))
+        check_pair_scales(val_set, phase, opt.get('opt_path', '<options>'))
         loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                         sampler=None, seed=opt['manual_seed']))
         logger.info(f'Number of val images in {dataset_opt["name"]}: {len(val_set)}')
@@ -222,22 +379,88 @@ def batch_stream(loader: torch.utils.data.DataLoader, sampler: ResumableSampler,
 # ---------------------------------------------------------------------------------------------- logging
 
 
-def setup_logging(opt: dict[str, Any]) -> tuple[logging.Logger, logging.Handler | None]:
-    """basicsr's root logger (console), at INFO on rank 0 with this run's log file; ERROR elsewhere."""
-    logger = get_root_logger()
-    for existing in logger.handlers:  # in-process reruns: follow the current stderr (pytest swaps it)
-        if type(existing) is logging.StreamHandler and existing.stream is not sys.stderr:
-            existing.stream = sys.stderr  # not setStream(): it flushes the old stream, which may be closed
-    handler = None
-    if opt['rank'] == 0:
-        logger.setLevel(logging.INFO)
-        log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
-        handler = logging.FileHandler(log_file, 'w')
-        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s: %(message)s'))
-        logger.addHandler(handler)
-    else:
-        logger.setLevel(logging.ERROR)
-    return logger, handler
+class HeldRecords(logging.Handler):
+    """Keeps log records while a run is being set up: nothing is written before the experiment folder exists,
+    and a start that fails prints its error, not pages of set-up output."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class RunLogging:
+    """basicsr's root logger during one run: its console handlers, held records, then the log file."""
+
+    logger: logging.Logger
+    consoles: list[logging.Handler]
+    held: HeldRecords | None
+    file_handler: logging.Handler | None = None
+
+    @classmethod
+    def start(cls, opt: dict[str, Any]) -> 'RunLogging':
+        """Console handlers detached and records held (see ``HeldRecords``); INFO on rank 0, ERROR elsewhere."""
+        logger = get_root_logger()
+        consoles = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+        for handler in consoles:
+            if handler.stream is not sys.stderr:  # in-process reruns: follow the current stderr (pytest swaps it)
+                handler.stream = sys.stderr  # not setStream(): it flushes the old stream, which may be closed
+            logger.removeHandler(handler)
+        held = HeldRecords()
+        logger.addHandler(held)
+        logger.setLevel(logging.INFO if opt['rank'] == 0 else logging.ERROR)
+        return cls(logger, consoles, held)
+
+    def release(self, log_file: str | None, min_level: int = logging.DEBUG) -> None:
+        """Re-attach the consoles (and the log file on rank 0); replay held records of ``min_level`` and above."""
+        if self.held is None:
+            return
+        self.logger.removeHandler(self.held)
+        if log_file is not None:
+            self.file_handler = logging.FileHandler(log_file, 'w')
+            self.file_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s: %(message)s'))
+        targets = self.consoles + ([self.file_handler] if self.file_handler is not None else [])
+        for handler in targets:
+            self.logger.addHandler(handler)
+        for record in self.held.records:
+            if record.levelno >= min_level:
+                for handler in targets:
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
+        self.held = None
+
+    def close(self) -> None:
+        """Show warnings held by a start that failed; detach the log file."""
+        self.release(None, logging.WARNING)
+        if self.file_handler is not None:
+            self.logger.removeHandler(self.file_handler)
+            self.file_handler.close()
+            self.file_handler = None
+
+
+class ProgressMessageLogger(MessageLogger):
+    """basicsr's iteration line, with an ETA that cannot go negative (``eta: -1 day, 23:59:59`` at the end)."""
+
+    def __call__(self, log_vars: dict[str, Any]) -> None:
+        if dist_utils.get_rank() != 0:
+            return
+        epoch, current_iter, lrs = log_vars.pop('epoch'), log_vars.pop('iter'), log_vars.pop('lrs')
+        message = f'[{self.exp_name[:5]}..][epoch:{epoch:3d}, iter:{current_iter:8,d}, lr:('
+        message += ''.join(f'{lr:.3e},' for lr in lrs) + ')] '
+        if 'time' in log_vars:
+            iter_time, data_time = log_vars.pop('time'), log_vars.pop('data_time')
+            done = max(current_iter - self.start_iter - 1, 1)  # the clock restarts after the first iteration
+            remaining = max(int(self.max_iters) - current_iter, 0)
+            eta = datetime.timedelta(seconds=int((time.time() - self.start_time) / done * remaining))
+            message += f'[eta: {eta}, time (data): {iter_time:.3f} ({data_time:.3f})] '
+        for key, value in log_vars.items():
+            message += f'{key}: {value:.4e} '
+            if self.use_tb_logger and 'debug' not in self.exp_name and self.tb_logger is not None:
+                self.tb_logger.add_scalar(f'losses/{key}' if key.startswith('l_') else key, value, current_iter)
+        self.logger.info(message)
 
 
 def init_tb_logger(opt: dict[str, Any]):
@@ -286,73 +509,104 @@ def make_progress_bar(opt: dict[str, Any], start: int, total: int):
 # ---------------------------------------------------------------------------------------------- pipeline
 
 
+@dataclass
+class Run:
+    """Everything a training needs, built and checked before any folder is created."""
+
+    features: TrainingFeatures
+    train_loader: torch.utils.data.DataLoader
+    train_sampler: ResumableSampler
+    images_per_step: int
+    val_loaders: list
+    model: Any
+    start_iter: int = 0
+    epoch: int = 0
+    samples_done: int = 0
+    rng_state: dict[str, Any] | None = None
+
+
 def train_pipeline(root_path: str, argv: list[str] | None = None):
-    """Run one training from the command line ``argv``; returns the trained model (rank-local)."""
+    """Run one training from the command line ``argv``; returns the trained model (rank-local).
+
+    Options, resume state, datasets and model are all built and checked first; only then is
+    ``experiments/<name>`` created (or an existing one archived, or continued), so a start that fails
+    changes nothing on disk.
+    """
     opt, args = parse_options(root_path, is_train=True, argv=argv)
     opt['root_path'] = root_path
-    resume_state, resume_notes = load_resume_state(opt)
-    if resume_state is None and opt['rank'] == 0:
-        make_exp_dirs(opt)
-        if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name']:
-            mkdir_and_rename(osp.join(root_path, 'tb_logger', opt['name']))
-    dist_utils.barrier()
-    copy_opt_file(args.opt, opt['path']['experiments_root'])
-
-    logger, file_handler = setup_logging(opt)
+    run_logging = RunLogging.start(opt)
+    logger = run_logging.logger
     try:
-        return _train(opt, resume_state, resume_notes, logger)
+        plan = load_resume_state(opt)
+        run = build_run(opt, plan, logger)
+        for note in open_experiment(opt, args.opt, plan.continuing):
+            logger.warning(note)
+        log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
+        run_logging.release(log_file if opt['rank'] == 0 else None)
+        return _train(opt, run, logger)
     except _EXPECTED_ERRORS as err:
+        run_logging.release(None, logging.WARNING)  # a failed start: its warnings, then the error; no file
         logger.error(f'{type(err).__name__}: {err}')
         err.logged = True
         raise
     finally:
-        if file_handler is not None:
-            logger.removeHandler(file_handler)
-            file_handler.close()
+        run_logging.close()
 
 
-def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_notes: list[str],
-           logger: logging.Logger):
+def build_run(opt: dict[str, Any], plan: ResumePlan, logger: logging.Logger) -> Run:
+    """Datasets, dataloaders and model (with the resumed weights and training state); raises on bad input."""
     logger.info(get_env_info())
     logger.info(dict2str(opt))
-    for note in resume_notes:
+    for note in plan.notes:
         logger.info(note)
-    tb_logger = init_tb_logger(opt)
+    if plan.warning:
+        logger.warning(plan.warning)
     features = TrainingFeatures.of(opt)
     train_loader, train_sampler, images_per_step = build_train_loader(opt, logger)
     val_loaders = build_val_loaders(opt, logger)
-    model = build_model(opt)
-
-    total_iters = int(opt['train']['total_iter'])
-    start_iter, epoch, samples_done = 0, 0, 0
+    try:
+        model = build_model(opt)
+    except ValueError as err:  # e.g. an optimizer argument torch refuses; the message names the option
+        raise TrainingError(f'the model cannot be built: {err}') from err
+    if features.accumulate_grad_batches > 1 and not hasattr(model, 'train_iteration'):
+        raise TrainingError(f'{opt.get("opt_path")}: train.accumulate_grad_batches needs an SRArchModel-based '
+                            f'model_type, {type(model).__name__} is not')
+    run = Run(features, train_loader, train_sampler, images_per_step, val_loaders, model)
+    resume_state = plan.state
     if resume_state is not None:
         model.resume_training(resume_state)
-        start_iter = int(resume_state['iter'])
+        run.start_iter = int(resume_state['iter'])
         loop = resume_state.get('loop') or {}
-        epoch = int(loop.get('epoch', resume_state.get('epoch', 0)))
-        samples_done = int(loop.get('samples_done', 0))
+        run.epoch = int(loop.get('epoch', resume_state.get('epoch', 0)))
+        run.samples_done = int(loop.get('samples_done', 0))
         rng_states = resume_state.get('rng') or []
         if len(rng_states) == opt['world_size']:
-            restore_rng_state(rng_states[opt['rank']])
+            run.rng_state = rng_states[opt['rank']]
         elif rng_states:
             logger.warning(f'checkpoint was written by {len(rng_states)} process(es), this run has '
                            f'{opt["world_size"]}: data order continues, model RNG streams restart')
-        logger.info(f'Resuming training from epoch {epoch}, iteration {start_iter}')
+        logger.info(f'Resuming training from epoch {run.epoch}, iteration {run.start_iter}')
+    return run
 
+
+def _train(opt: dict[str, Any], run: Run, logger: logging.Logger):
+    model, features = run.model, run.features
+    tb_logger = init_tb_logger(opt)
+    if run.rng_state is not None:
+        restore_rng_state(run.rng_state)
+    total_iters = int(opt['train']['total_iter'])
+    start_iter, epoch, samples_done = run.start_iter, run.epoch, run.samples_done
     accumulate = features.accumulate_grad_batches
-    if accumulate > 1 and not hasattr(model, 'train_iteration'):
-        raise TrainingError(f'{opt.get("opt_path")}: train.accumulate_grad_batches needs an SRArchModel-based '
-                            f'model_type, {type(model).__name__} is not')
     logger_opt = opt['logger']
     print_freq = int(logger_opt['print_freq'])
     save_freq = int(logger_opt['save_checkpoint_freq'])
     val_freq = int(opt['val'].get('val_freq') or 0) if opt.get('val') else 0
     warmup_iter = features.warmup_iter
-    msg_logger = MessageLogger(opt, start_iter, tb_logger)
-    stream = batch_stream(train_loader, train_sampler, epoch, samples_done, opt)
+    msg_logger = ProgressMessageLogger(opt, start_iter, tb_logger)
+    stream = batch_stream(run.train_loader, run.train_sampler, epoch, samples_done, opt)
     data_timer, iter_timer = AvgTimer(), AvgTimer()
     start_time = time.time()
-    last_saved = start_iter if resume_state is not None else None
+    last_saved = start_iter if start_iter > 0 else None
     model.loop_state = {'epoch': epoch, 'samples_done': samples_done}
     logger.info(f'Start training from epoch {epoch}, iteration {start_iter}')
 
@@ -383,7 +637,7 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
                 msg_logger.reset_start_time()
 
             log = model.get_current_log()
-            images_per_s = images_per_step / max(iter_timer.get_avg_time(), 1e-9)
+            images_per_s = run.images_per_step / max(iter_timer.get_avg_time(), 1e-9)
             pbar.set_postfix_str(f'{images_per_s:.1f} img/s ' + ' '.join(f'{k}={v:.4g}' for k, v in log.items()),
                                  refresh=False)
             pbar.update(1)
@@ -394,7 +648,7 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
                 log_vars.update(log)
                 log_vars['images_per_s'] = images_per_s
                 msg_logger(log_vars)
-                skips = find_robust_dataset(train_loader.dataset).new_skips_message()
+                skips = find_robust_dataset(run.train_loader.dataset).new_skips_message()
                 if skips:
                     logger.warning(skips)
                 if tb_logger is not None:
@@ -405,7 +659,7 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
                 model.save(epoch, current_iter)
                 last_saved = current_iter
             if val_freq and current_iter % val_freq == 0:
-                validate(model, opt, val_loaders, current_iter, tb_logger)
+                validate(model, opt, run.val_loaders, current_iter, tb_logger)
             data_timer.start()
             iter_timer.start()
 
@@ -414,7 +668,7 @@ def _train(opt: dict[str, Any], resume_state: dict[str, Any] | None, resume_note
     logger.info('Save the latest model.')
     model.save(epoch=-1, current_iter=-1)
     if opt.get('val') and not (val_freq and current_iter % val_freq == 0 and current_iter > start_iter):
-        validate(model, opt, val_loaders, current_iter, tb_logger)
+        validate(model, opt, run.val_loaders, current_iter, tb_logger)
     if tb_logger is not None:
         tb_logger.close()
     return model

@@ -1,5 +1,6 @@
 """``sr-arch infer``: checkpoint layouts, image formats, and one-line errors that do not stop the batch."""
 import os
+import re
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ from sr_arch import infer
 from sr_arch.archs import FAMILIES, family_spec
 from sr_arch.archs.spec import NETWORK_KWARGS_KEY
 from sr_arch.utils.checkpoint import atomic_save
+from sr_arch.utils.tiling import auto_tile_size
 
 LAYOUTS = ('params_ema', 'params', 'raw', 'module.')
 GOLDEN_CASES = [case for family in FAMILIES for case in golden_cases(family)]
@@ -195,3 +197,79 @@ def test_tile_and_ensemble_options_reach_the_inference(tmp_path, checkpoint, opt
     assert written.shape == (40, 36, 3)
     assert np.abs(written - to_uint8(expected)).max() <= 1
     assert np.abs(written - to_uint8(plain)).max() > 2  # the option did change the output
+
+
+def error_lines(text: str) -> list[str]:
+    """Lines of stderr that are errors (the progress bar writes there too, with carriage returns)."""
+    return [line for line in text.replace('\r', '\n').splitlines() if 'error:' in line]
+
+
+def test_a_model_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, checkpoint, capsys):
+    image = write(tmp_path / 'in.png', photo('astronaut', 16))
+    with open(checkpoint, 'rb') as f:
+        data = f.read()
+    files = {'photo.png': write(tmp_path / 'photo.png', photo('coffee', 16)),
+             'notes.txt': tmp_path / 'notes.txt', 'page.pth': tmp_path / 'page.pth',
+             'cut.pth': tmp_path / 'cut.pth', 'empty.pth': tmp_path / 'empty.pth'}
+    files['notes.txt'].write_text('name: my run\nscale: 4\n')
+    files['page.pth'].write_text('<!DOCTYPE html>\n<html><body>404 Not Found</body></html>')
+    files['cut.pth'].write_bytes(data[:len(data) // 2])
+    files['empty.pth'].write_bytes(b'')
+    expected = {'photo.png': 'not a checkpoint, it is a PNG image',
+                'notes.txt': "not a checkpoint, it is a text file (22 bytes, starting 'name: my run scale: 4')",
+                'page.pth': 'not a checkpoint, it is an HTML page (a failed download? fetch the file itself)',
+                'cut.pth': f'truncated or damaged checkpoint ({len(data) // 2} bytes;',
+                'empty.pth': 'not a checkpoint, it is an empty file (0 bytes)'}
+    for name, path in files.items():
+        assert infer.main(['--model', str(path), image, '--out', str(tmp_path / 'out')]) == 2
+        captured = capsys.readouterr()
+        errors = error_lines(captured.err)
+        assert len(errors) == 1 and errors[0].startswith(f'sr-arch infer: error: {path}: {expected[name]}'), errors
+        assert 'weights_only' not in captured.err + captured.out and 'pickle' not in errors[0]
+    assert not (tmp_path / 'out').exists()
+
+
+def test_tile_errors_name_real_flags_and_auto_prints_its_size(tmp_path, checkpoint, capsys):
+    lr = photo('astronaut', 40)[:24, :20]
+    image = write(tmp_path / 'in.png', lr[..., ::-1].copy())
+    out = str(tmp_path / 'out')
+    for options, message in [(['--tile', 'auto'], '--tile auto needs --max-memory (e.g. 8GB)'),
+                             (['--tile', '8', '--tile-pad', '8'], '--tile-pad (8) must be smaller than --tile (8)'),
+                             (['--tile', 'auto', '--max-memory', 'lots'], '--max-memory must be a positive size'),
+                             (['--max-memory', '1GB'], '--max-memory is the budget of --tile auto')]:
+        assert infer.main(['--model', checkpoint, image, '--out', out, *options]) == 2
+        errors = error_lines(capsys.readouterr().err)
+        assert len(errors) == 1 and message in errors[0] and 'tile.' not in errors[0], errors
+    assert infer.main(['--model', checkpoint, image, '--out', out, '--tile', 'auto', '--max-memory', '1KB']) == 1
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and '--max-memory (1000 B) is too small: a 32x32 tile already needs' in errors[0]
+
+    assert infer.main(['--model', checkpoint, image, '--out', out, '--tile', 'auto', '--max-memory', '64MB']) == 0
+    chosen = [line for line in capsys.readouterr().err.replace('\r', '\n').splitlines() if 'chose' in line]
+    assert len(chosen) == 1
+    side = int(re.search(r'--tile auto chose (\d+)x\1 LR tiles \(--max-memory 64MB, measured on cpu\)',
+                         chosen[0]).group(1))
+    model = infer.load_model(checkpoint)
+    assert side == auto_tile_size(model.forward, 3, 64 * 10**6, 'cpu', multiple=model.hooks.pad_multiple)
+
+
+def test_an_output_format_that_drops_alpha_or_depth_is_warned_per_file(tmp_path, checkpoint, capsys):
+    bgr = np.ascontiguousarray(photo('coffee', 48)[:20, :28, ::-1])
+    alpha = np.full((20, 28), 128, np.uint8)
+    rgba = write(tmp_path / 'in' / 'rgba.png', np.dstack([bgr, alpha]))
+    deep = write(tmp_path / 'in' / 'deep.png', bgr.astype(np.uint16) * 257)
+    plain = write(tmp_path / 'in' / 'plain.png', bgr)
+    out = tmp_path / 'out'
+    assert infer.main(['--model', checkpoint, str(tmp_path / 'in'), '--out', str(out), '--ext', 'jpg']) == 0
+    warnings = sorted(line for line in capsys.readouterr().err.replace('\r', '\n').splitlines() if 'warning' in line)
+    assert warnings == [f'sr-arch infer: warning: {deep}: .jpg drops 16-bit depth (written as 8 bit); use --ext .png '
+                        'or .tif to keep everything',
+                        f'sr-arch infer: warning: {rgba}: .jpg drops its alpha channel; use --ext .png or .tif to '
+                        'keep everything']
+    for name in ('rgba', 'deep', 'plain'):
+        written = cv2.imread(str(out / 'in' / f'{name}.jpg'), cv2.IMREAD_UNCHANGED)
+        assert written.shape == (40, 56, 3) and written.dtype == np.uint8
+    assert infer.main(['--model', checkpoint, rgba, deep, plain, '--out', str(out / 'png'), '--ext', '.png']) == 0
+    assert 'warning' not in capsys.readouterr().err
+    assert infer.main(['--model', checkpoint, plain, '--out', str(out), '--ext', '.jxl']) == 2
+    assert '--ext .jxl: not a format this command writes' in capsys.readouterr().err

@@ -16,11 +16,12 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
 
 from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, bicubic_upscale, derive_options, golden_cases, load_golden,
                      load_options, photo, psnr_y, run_script)
-from sr_arch import infer
+from sr_arch import infer, prepare
 from sr_arch.archs.labnet_arch import FAMILY, LABNET_SCALES, OFFICIAL_NUM_BLOCKS, LabNet
 from sr_arch.archs.spec import NETWORK_KWARGS_KEY
 from sr_arch.data import gaussian8
-from sr_arch.data.blind_sr_dataset import BlindSRDataset, blur, degrade, gaussian_kernel
+from sr_arch.data.blind_sr_dataset import BlindSRDataset
+from sr_arch.data.degradations import blur, gaussian_kernel
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 
 TINY = dict(nf=16, num_blocks=(1, 1, 1, 1, 1, 1))
@@ -248,34 +249,6 @@ def test_dataset_noise_and_bad_options(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # Gaussian8
 
-def test_gaussian8_generator_layout_resume_and_content(tmp_path, capsys):
-    src, out = tmp_path / 'benchmark', tmp_path / 'g8'
-    write_photos(str(src / 'Set5' / 'HR'), ('cat', 'coffee'), crop=(61, 45))
-    assert gaussian8.main(['--input', str(src), '--output', str(out), '--scales', '2']) == 0
-    assert 'skipping sets not found' in capsys.readouterr().out
-    root = out / 'Set5' / 'X2'
-    widths = ['sig0.80', 'sig0.91', 'sig1.03', 'sig1.14', 'sig1.26', 'sig1.37', 'sig1.49', 'sig1.60']
-    assert sorted(os.listdir(root)) == sorted(['HR'] + widths)
-    hr = cv2.imread(str(root / 'HR' / 'cat.png'))
-    assert hr.shape == (60, 44, 3)
-    lr = cv2.imread(str(root / 'sig1.49' / 'cat.png'))
-    expected = degrade(torch.from_numpy(hr.astype(np.float32) / 255).permute(2, 0, 1),
-                       gaussian_kernel(21, float(np.linspace(0.8, 1.6, 8)[6])), 2)
-    assert np.array_equal(lr, np.round(expected.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
-
-    # re-run: nothing rewritten; a deleted file is the only one regenerated; no temporary files left
-    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob('*.png')}
-    os.remove(root / 'sig0.80' / 'coffee.png')
-    summary = gaussian8.generate_gaussian8(str(src), str(out), [2], ['Set5'], log=lambda *_: None)
-    assert summary == {('Set5', 2): (1, 17)}
-    regenerated = root / 'sig0.80' / 'coffee.png'
-    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p != regenerated)
-    assert not [p for p in root.rglob('*') if p.name.startswith('.tmp_')]
-
-    assert gaussian8.main(['--input', str(src), '--output', str(out), '--sets', 'Urban100']) == 2
-    assert 'Urban100' in capsys.readouterr().err
-
-
 def test_average_over_widths():
     results = {f'Set5_sig{s:.2f}': {'psnr': 30.0 + i, 'ssim': 0.8} for i, s in enumerate(gaussian8.gaussian8_sigmas(4))}
     results.update({f'Set14_sig{s:.2f}': {'psnr': 28.0, 'ssim': 0.7} for s in gaussian8.gaussian8_sigmas(4)})
@@ -363,8 +336,8 @@ def test_tiny_labnet_trains_and_tests_with_our_option_files_and_beats_bicubic_on
     released = tmp_path / 'experiments' / 'pretrained_models' / 'LabNet' / f'LabNetx{scale}.pth'
     released.parent.mkdir(parents=True)
     torch.save(dict(weights), released)
-    assert gaussian8.main(['--input', str(tmp_path / 'datasets' / 'benchmark'), '--sets', 'Set5',
-                           '--scales', str(scale), '--output', str(tmp_path / 'datasets' / 'benchmark_gaussian8')]) == 0
+    assert prepare.main(['gaussian8', '--input', str(tmp_path / 'datasets' / 'benchmark'), '--sets', 'Set5',
+                         '--scales', str(scale), '--output', str(tmp_path / 'datasets' / 'benchmark_gaussian8')]) == 0
     test_yml = load_options(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml')
     other_sets = {key: None for key, d in test_yml['datasets'].items() if not d['name'].startswith('Set5_')}
     derive_options(f'options/test/LabNet/test_LabNet_SRx{scale}_Gaussian8.yml', {

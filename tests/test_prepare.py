@@ -9,11 +9,13 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+import torch
 import yaml
 from helpers import TRAIN_PHOTOS, bicubic_downsample, photo, run_script
 
 from sr_arch import prepare
-from sr_arch.data.prepare import benchmarks, bicubic, common, lmdb_store, meta_info, subimages
+from sr_arch.data.degradations import mod_crop
+from sr_arch.data.prepare import benchmarks, bicubic, gaussian8, lmdb_store, meta_info, subimages
 from sr_arch.data.prepare.common import CorruptImageError, PrepareError
 
 MAX_SIDE = 150  # photos are centre-cropped to at most this per side: every test stays fast
@@ -36,6 +38,11 @@ def write_photos(folder: str, names=TRAIN_PHOTOS, max_side: int = MAX_SIDE, ext:
         cv2.imwrite(os.path.join(folder, name + ext), img)
         images[name] = cv2.imread(os.path.join(folder, name + ext), cv2.IMREAD_UNCHANGED)
     return images
+
+
+def error_lines(text: str) -> list[str]:
+    """The lines of stderr that are errors (progress bars write there too)."""
+    return [line for line in text.splitlines() if 'error:' in line]
 
 
 def truncate_file(path: str, keep: float = 0.5) -> None:
@@ -253,14 +260,15 @@ def make_downloads(root: str) -> dict[str, np.ndarray]:
     basic = os.path.join(root, 'Set14')
     os.makedirs(os.path.join(basic, 'GTmod12'))
     os.makedirs(os.path.join(basic, 'LRbicx4'))
-    cv2.imwrite(os.path.join(basic, 'GTmod12', f'{c}.bmp'), common.mod_crop(originals[c], 12))
-    cv2.imwrite(os.path.join(basic, 'LRbicx4', f'{c}.png'), bicubic.downsample(common.mod_crop(originals[c], 12), 4))
+    cv2.imwrite(os.path.join(basic, 'GTmod12', f'{c}.bmp'), mod_crop(originals[c], 12))
+    cv2.imwrite(os.path.join(basic, 'LRbicx4', f'{c}.png'), bicubic.downsample(mod_crop(originals[c], 12), 4))
     selfexsr = os.path.join(root, 'extra', 'BSDS100')
     for s in (2, 4):
         os.makedirs(os.path.join(selfexsr, f'image_SRF_{s}'))
         cv2.imwrite(os.path.join(selfexsr, f'image_SRF_{s}', f'img_001_SRF_{s}_HR.png'),
-                    common.mod_crop(originals[a], s))
-        cv2.imwrite(os.path.join(selfexsr, f'image_SRF_{s}', f'img_001_SRF_{s}_LR.png'), bicubic.downsample(originals[a], s))
+                    mod_crop(originals[a], s))
+        cv2.imwrite(os.path.join(selfexsr, f'image_SRF_{s}', f'img_001_SRF_{s}_LR.png'),
+                    bicubic.downsample(originals[a], s))
     return originals
 
 
@@ -280,8 +288,8 @@ def test_benchmarks_layout_from_common_downloads(tmp_path):
                                                                      ('B100', 'img_001'))
                                   for sub in ('HR', 'LR_bicubic/X2', 'LR_bicubic/X4'))
     assert np.array_equal(tree[f'Set5/HR/{a}.png'], originals[a])  # the original, not cropped
-    assert np.array_equal(tree[f'Set14/HR/{c}.png'], common.mod_crop(originals[c], 12))
-    assert np.array_equal(tree['B100/HR/img_001.png'], common.mod_crop(originals[a], 2))  # the largest SRF HR
+    assert np.array_equal(tree[f'Set14/HR/{c}.png'], mod_crop(originals[c], 12))
+    assert np.array_equal(tree['B100/HR/img_001.png'], mod_crop(originals[a], 2))  # the largest SRF HR
     for rel, img in tree.items():
         match = re.search(r'/LR_bicubic/X(\d)/', rel)
         if match:
@@ -297,6 +305,179 @@ def test_benchmarks_layout_from_common_downloads(tmp_path):
     assert sample['gt'].shape[-2:] == tuple(4 * v for v in sample['lq'].shape[-2:])  # GT is scored as GTmod4
 
 
+def test_benchmarks_adds_a_missing_scale_to_an_existing_layout(tmp_path, capsys):
+    originals = make_downloads(str(tmp_path / 'downloads'))
+    dest = str(tmp_path / 'benchmark')
+    benchmarks.prepare_benchmarks(str(tmp_path / 'downloads'), dest, scales=[2, 4])
+    before = {rel: os.stat(os.path.join(dest, rel)).st_mtime_ns for rel in all_files(dest)}
+    assert prepare.main(['benchmarks', '--source', str(tmp_path / 'downloads'), '--dest', dest,
+                         '--scales', '2', '3', '4']) == 0
+    out = capsys.readouterr().out
+    assert f'{dest}/Set5 exists without X3: adding it' in out and f'{dest}/Set5: 2 images' in out
+    assert f'{dest}/Set14: 1 image, LR: 0 from the download, 1 generated' in out  # not '1 images'
+    tree = image_files(dest)
+    assert sorted(rel for rel in tree if '/X3/' in rel) == sorted(f'{rel.split("/")[0]}/LR_bicubic/X3/'
+                                                                  f'{rel.split("/")[-1]}' for rel in tree
+                                                                  if '/HR/' in rel)
+    for rel, img in tree.items():
+        if '/X3/' in rel:
+            assert np.array_equal(img, bicubic.downsample(tree[rel.replace('LR_bicubic/X3', 'HR')], 3)), rel
+    assert all(os.stat(os.path.join(dest, rel)).st_mtime_ns == t for rel, t in before.items())  # only X3 written
+    assert not [p for p in os.listdir(os.path.join(dest, 'Set5', 'LR_bicubic')) if p.endswith('.partial')]
+    assert benchmarks.prepare_benchmarks(str(tmp_path / 'downloads'), dest, scales=[3]).skipped_complete == [
+        f'{dest}/{name}' for name in ('Set5', 'Set14', 'B100')]
+    assert len(originals) == 3
+    # the downloads may be gone by now: the layout's own HR is enough
+    x3 = all_files(os.path.join(dest, 'Set14', 'LR_bicubic', 'X3'))
+    shutil.rmtree(os.path.join(dest, 'Set14', 'LR_bicubic', 'X3'))
+    shutil.rmtree(tmp_path / 'downloads')
+    os.makedirs(tmp_path / 'downloads')
+    result = benchmarks.prepare_benchmarks(str(tmp_path / 'downloads'), dest, scales=[3], sets=['Set14'])
+    assert result.images == {'Set14': 1} and all_files(os.path.join(dest, 'Set14', 'LR_bicubic', 'X3')) == x3
+
+
+def test_benchmarks_list_the_folders_found_when_no_set_is_recognised(tmp_path, capsys):
+    for folder in ('Set_5', 'downloads/urban-100', 'downloads/misc'):
+        os.makedirs(tmp_path / 'src' / folder)
+    assert prepare.main(['benchmarks', '--source', str(tmp_path / 'src'), '--dest', str(tmp_path / 'out')]) == 1
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and f'no benchmark set found under {tmp_path / "src"}' in err[0]
+    assert err[0].endswith('folders found there: Set_5, downloads, downloads/misc, downloads/urban-100')
+    assert not (tmp_path / 'out').exists()
+
+
+# ---------------------------------------------------------------------------------------------- gaussian8
+
+
+def test_gaussian8_layout_content_and_resume(tmp_path, capsys, monkeypatch):
+    from sr_arch.data.degradations import degrade, gaussian_kernel
+
+    src, out = tmp_path / 'benchmark', tmp_path / 'g8'
+    for name in ('cat', 'coffee', 'rocket'):
+        os.makedirs(src / 'Set5' / 'HR', exist_ok=True)
+        cv2.imwrite(str(src / 'Set5' / 'HR' / f'{name}.png'), small_photo_bgr(name, 64)[:61, :45])
+    args = ['gaussian8', '--input', str(src), '--output', str(out), '--scales', '2']
+    assert prepare.main(args) == 0
+    printed = capsys.readouterr().out
+    assert f'{out}/Set5/X2: 3 images, HR + 8 blur widths' in printed
+    assert f'not found under {src}: Set14, B100, Urban100, Manga109' in printed
+    root = out / 'Set5' / 'X2'
+    widths = ['sig0.80', 'sig0.91', 'sig1.03', 'sig1.14', 'sig1.26', 'sig1.37', 'sig1.49', 'sig1.60']
+    assert sorted(os.listdir(root)) == sorted(['HR'] + widths)
+    hr = cv2.imread(str(root / 'HR' / 'cat.png'))
+    assert hr.shape == (60, 44, 3)
+    lr = cv2.imread(str(root / 'sig1.49' / 'cat.png'))
+    expected = degrade(torch.from_numpy(hr.astype(np.float32) / 255).permute(2, 0, 1),
+                       gaussian_kernel(21, float(np.linspace(0.8, 1.6, 8)[6])), 2)
+    assert np.array_equal(lr, np.round(expected.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    reference = all_files(str(root))
+    assert len(reference) == 27
+
+    assert prepare.main(args) == 0  # a finished set is skipped, not rewritten
+    assert 'already exists: skipped' in capsys.readouterr().out
+
+    # killed half-way: nothing under the final name; the same command finishes it, identical to a straight run
+    resumed = tmp_path / 'resumed'
+    with monkeypatch.context() as patch:
+        fail_after(patch, gaussian8, 'write_png', 12)
+        with pytest.raises(Interrupt):
+            gaussian8.generate_gaussian8(str(src), str(resumed), [2])
+    assert not (resumed / 'Set5' / 'X2').exists() and (resumed / 'Set5' / 'X2.partial').exists()
+    pool_sizes = []  # --workers reaches the pool (run with processes in the subimages and lmdb tests)
+
+    def run_tasks(func, tasks, workers=0, desc='', unit='img'):
+        pool_sizes.append(workers)
+        return map(func, tasks)
+
+    monkeypatch.setattr(gaussian8, 'run_tasks', run_tasks)
+    assert prepare.main(['gaussian8', '--input', str(src), '--output', str(resumed), '--scales', '2',
+                         '--workers', '2']) == 0
+    assert pool_sizes == [2] and all_files(str(resumed / 'Set5' / 'X2')) == reference
+
+    assert prepare.main(args[:-2] + ['--scales', '2', '--sets', 'Urban100']) == 1
+    assert f'HR folder(s) not found: {src}/Urban100/HR' in capsys.readouterr().err
+    assert prepare.main(['gaussian8', '--input', str(tmp_path / 'g8'), '--output', str(tmp_path / 'x')]) == 1
+    assert 'none of Set5, Set14, B100, Urban100, Manga109 found as' in capsys.readouterr().err
+
+
+def test_gaussian8_bad_images_follow_on_error(tmp_path, capsys):
+    folder = tmp_path / 'benchmark' / 'Set14' / 'HR'
+    write_photos(str(folder), TRAIN_PHOTOS[:2], max_side=40)
+    bad = str(folder / f'{TRAIN_PHOTOS[0]}.png')
+    truncate_file(bad)
+    args = ['gaussian8', '--input', str(tmp_path / 'benchmark'), '--output', str(tmp_path / 'g8'), '--scales', '3']
+    assert prepare.main(args) == 1
+    err = capsys.readouterr().err
+    assert bad in err and '--on-error skip' in err and 'Traceback' not in err
+    assert prepare.main(args + ['--on-error', 'skip']) == 0
+    assert f'skipped 1 unreadable image(s):\n  {bad}: cannot be decoded' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / 'g8' / 'Set14' / 'X3' / 'HR')) == [f'{TRAIN_PHOTOS[1]}.png']
+
+
+# ---------------------------------------------------------------------------------------------- nothing produced
+
+
+@pytest.mark.parametrize('step', ['subimages', 'bicubic', 'lmdb', 'benchmarks', 'gaussian8'])
+def test_a_step_that_writes_nothing_fails_and_marks_nothing_complete(tmp_path, capsys, step):
+    folder = tmp_path / 'Set5' / 'HR'
+    write_photos(str(folder), TRAIN_PHOTOS[:2], max_side=40)
+    for name in os.listdir(folder):
+        truncate_file(str(folder / name))
+    output = {'subimages': tmp_path / 'sub', 'bicubic': tmp_path / 'X2', 'lmdb': tmp_path / 'Set5' / 'HR.lmdb',
+              'benchmarks': tmp_path / 'benchmark' / 'Set5', 'gaussian8': tmp_path / 'g8' / 'Set5' / 'X2'}[step]
+    args = {'subimages': ['--input', str(folder), '--output', str(output), '--crop-size', '16', '--step', '8'],
+            'bicubic': ['--input', str(folder), '--output', str(output), '--scales', '2'],
+            'lmdb': ['--input', str(folder)],
+            'benchmarks': ['--source', str(tmp_path), '--dest', str(tmp_path / 'benchmark'), '--scales', '2'],
+            'gaussian8': ['--input', str(tmp_path), '--output', str(tmp_path / 'g8'), '--scales', '2']}[step]
+    assert prepare.main([step, *args, '--on-error', 'skip']) == 1
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and 'nothing written' in err[0] and 'skipped 2 unreadable image(s)' in err[0]
+    assert not output.exists() and not os.path.exists(f'{output}.partial')
+
+
+def test_subimages_with_a_crop_larger_than_every_image_fail_and_leave_nothing(tmp_path, hr_folder, capsys):
+    src = hr_folder[0]
+    out = tmp_path / 'sub'
+    assert prepare.main(['subimages', '-i', src, '-o', str(out), '--crop-size', '480']) == 1
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and f'no sub-images written: all {len(TRAIN_PHOTOS)} images in {src} are smaller than the ' \
+        'crop (480x480 pixels)' in err[0] and 'pass a smaller --crop-size' in err[0]
+    assert not out.exists() and not os.path.exists(f'{out}.partial')
+    assert prepare.main(['subimages', '-i', src, '-o', str(out), '--crop-size', '96', '--step', '48']) == 0
+    assert f'{out}: {9 * len(TRAIN_PHOTOS)} sub-images from {len(TRAIN_PHOTOS)} images' in capsys.readouterr().out
+
+
+def test_hr_sides_that_are_not_multiples_of_the_scale_are_named_at_prepare_time(tmp_path, hr_folder, capsys):
+    """write_photos makes every other photo 151 pixels wide and high: its x2 LR covers 150 HR pixels."""
+    src, images = hr_folder
+    odd = sorted(n for n, img in images.items() if img.shape[0] % 2)
+    lr = str(tmp_path / 'X2')
+    bicubic.generate_bicubic(src, lr, scales=[2])
+    crops = ['--crop-size', '50', '--step', '50']  # 150 = 3 x 50: an extra border crop on 151 only
+    assert prepare.main(['subimages', '-i', src, '-o', str(tmp_path / 'HR_sub'), *crops]) == 0
+    warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith('warning:')]
+    # (a crop of 50 rules out x3 and x4 LR runs)
+    assert len(warning) == 1 and f'{len(odd)} images of {len(images)} have sides that are not multiples of 2 ' \
+        in warning[0] and f'{src}/{odd[0]}.png (151x151)' in warning[0] and '--align 12' in warning[0]
+    assert prepare.main(['subimages', '-i', lr, '-o', str(tmp_path / 'X2_sub'), *crops, '--scale', '2']) == 0
+    # the trap the warning is about: more HR than LR sub-images
+    assert len(os.listdir(tmp_path / 'HR_sub')) > len(os.listdir(tmp_path / 'X2_sub'))
+
+    for name, scale in (('HR_sub12', 1), ('X2_sub12', 2)):
+        source = src if scale == 1 else lr
+        assert prepare.main(['subimages', '-i', source, '-o', str(tmp_path / name), *crops, '--align', '12',
+                             '--scale', str(scale)]) == 0
+    assert 'warning' not in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / 'HR_sub12')) == sorted(os.listdir(tmp_path / 'X2_sub12'))
+
+    assert prepare.main(['bicubic', '-i', src, '-o', str(tmp_path / 'B{s}'), '--scales', '2', '3']) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith('warning:')]
+    assert len(warnings) == 2 and all("--hr-output 'HR_X{s}'" in w for w in warnings)
+    assert f'{len(odd)} HR images of {src} are not a multiple of 2 (e.g. {odd[0]}.png (151x151)' in warnings[0]
+    assert f'{len(odd)} HR images of {src} are not a multiple of 3' in warnings[1]
+
+
 # ---------------------------------------------------------------------------------------------- bad images
 
 
@@ -306,7 +487,8 @@ def test_corrupt_png_is_reported_by_name(tmp_path, capsys, step):
     write_photos(str(folder), TRAIN_PHOTOS[:3], max_side=64)
     bad = str(folder / f'{TRAIN_PHOTOS[1]}.png')
     truncate_file(bad)
-    args = {'subimages': ['--input', str(folder), '--output', str(tmp_path / 'out'), '--crop-size', '32', '--step', '16'],
+    args = {'subimages': ['--input', str(folder), '--output', str(tmp_path / 'out'), '--crop-size', '32',
+                          '--step', '16'],
             'bicubic': ['--input', str(folder), '--output', str(tmp_path / 'X{s}'), '--scales', '2'],
             'lmdb': ['--input', str(folder)],
             'benchmarks': ['--source', str(tmp_path), '--dest', str(tmp_path / 'benchmark'), '--scales', '2']}[step]
@@ -410,22 +592,16 @@ def test_every_step_has_help(step, capsys):
     assert f'usage: sr-arch prepare {step}' in capsys.readouterr().out
 
 
-def test_prepare_usage_and_external_step(capsys, monkeypatch):
-    import sys
-    import types
-
+def test_prepare_usage_lists_every_step_and_help_is_plain_text(capsys):
     assert prepare.main([]) == 0
     usage = capsys.readouterr().out
-    assert all(f'  {step} ' in usage for step in [*prepare.STEPS, 'gaussian8'])
+    assert all(f'  {step} ' in usage for step in prepare.STEPS) and '  gaussian8 ' in usage
     assert prepare.main(['nope']) == 2
-    fake = types.ModuleType('fake_gaussian8')
-    fake.main = lambda argv: len(argv)
-    monkeypatch.setitem(sys.modules, 'fake_gaussian8', fake)
-    monkeypatch.setitem(prepare.EXTERNAL_STEPS, 'gaussian8', ('fake_gaussian8', 'test'))
-    assert prepare.main(['gaussian8', '--a', 'b']) == 2  # argv reached the module untouched
-    monkeypatch.setitem(prepare.EXTERNAL_STEPS, 'gaussian8', ('sr_arch.data.no_such_module', 'test'))
-    assert prepare.main(['gaussian8']) == 2
-    assert 'not available' in capsys.readouterr().err
+    for step in prepare.STEPS:
+        with pytest.raises(SystemExit):
+            prepare.main([step, '--help'])
+        text = capsys.readouterr().out
+        assert '``' not in text and not re.search(r':\w+:`', text), step  # no reStructuredText markup
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -444,7 +620,8 @@ def test_training_reads_lmdb_and_folder_outputs(tmp_path):
     write_photos(str(layout), TRAIN_PHOTOS[:2], max_side=48)
     bench = benchmarks.prepare_benchmarks(str(tmp_path / 'downloads'), str(tmp_path / 'benchmark'), scales=[2])
     val_hr_db = lmdb_store.build_lmdb(str(tmp_path / 'benchmark/Set5/HR'), str(tmp_path / 'Set5_HR.lmdb')).output
-    val_lr_db = lmdb_store.build_lmdb(str(tmp_path / 'benchmark/Set5/LR_bicubic/X2'), str(tmp_path / 'Set5_X2.lmdb')).output
+    val_lr_db = lmdb_store.build_lmdb(str(tmp_path / 'benchmark/Set5/LR_bicubic/X2'),
+                                      str(tmp_path / 'Set5_X2.lmdb')).output
     assert bench.images == {'Set5': 2}
 
     opt = {
@@ -454,12 +631,14 @@ def test_training_reads_lmdb_and_folder_outputs(tmp_path):
                       'io_backend': {'type': 'lmdb'}, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
                       'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
                       'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
-            'val_1': {'name': 'Set5_folder', 'type': 'PairedImageDataset', 'dataroot_gt': str(tmp_path / 'benchmark/Set5/HR'),
+            'val_1': {'name': 'Set5_folder', 'type': 'PairedImageDataset',
+                      'dataroot_gt': str(tmp_path / 'benchmark/Set5/HR'),
                       'dataroot_lq': str(tmp_path / 'benchmark/Set5/LR_bicubic/X2'), 'io_backend': {'type': 'disk'}},
             'val_2': {'name': 'Set5_lmdb', 'type': 'PairedImageDataset', 'dataroot_gt': val_hr_db,
                       'dataroot_lq': val_lr_db, 'io_backend': {'type': 'lmdb'}},
         },
-        'network_g': {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2},
+        'network_g': {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
+                      'upscale': 2},
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [10],
                                                                           'gamma': 0.5},

@@ -2,7 +2,7 @@
 
 HR (folder or LMDB) -> random crop + flips/rot90 -> Gaussian blur (21x21, reflect padding, as DAN's
 ``BatchBlur``) -> MATLAB-style bicubic downsampling (basicsr ``imresize``) -> optional Gaussian noise ->
-clamp and 8-bit quantisation.
+clamp and 8-bit quantisation (``sr_arch.data.degradations``, shared with the Gaussian8 test-set writer).
 
 Every sample draws its crop, flips, kernel and noise from its own generator keyed by (``seed``, index,
 loader key). The loader key is read from the generators the data loader seeds: our ``train.py`` seeds
@@ -38,89 +38,17 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from torch.utils import data
 
 from basicsr.data.data_util import paths_from_lmdb
 from basicsr.utils import FileClient, imfrombytes, img2tensor, scandir
-from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
+
+from sr_arch.data.degradations import degrade, gaussian_kernel, mod_crop
+from sr_arch.data.gaussian8 import gaussian8_sigmas
 
 #: blur width range of the training degradation per scale (IKC/DAN setting 1, LabNet's train ymls)
 DEFAULT_SIGMA_RANGE = {2: (0.2, 2.0), 3: (0.2, 4.0), 4: (0.2, 4.0)}
-
-
-def gaussian_kernel(size: int, sigma_x: float, sigma_y: float | None = None, angle: float = 0.0) -> np.ndarray:
-    """Normalised (size, size) Gaussian blur kernel, float64, centred on the middle pixel.
-
-    Isotropic when ``sigma_y`` is None; otherwise the covariance is R(angle) diag(sx^2, sy^2) R(angle)^T
-    with x along columns and y along rows (DAN's ``random_batch_kernel`` convention).
-    """
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f'blur kernel size must be a positive odd integer, got {size}')
-    if sigma_x <= 0 or (sigma_y is not None and sigma_y <= 0):
-        raise ValueError(f'blur sigma must be > 0, got sigma_x={sigma_x}, sigma_y={sigma_y}')
-    axis = np.arange(size, dtype=np.float64) - size // 2
-    xx, yy = np.meshgrid(axis, axis)
-    if sigma_y is None:
-        exponent = (xx ** 2 + yy ** 2) / (2.0 * sigma_x ** 2)
-    else:
-        rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        covariance = rotation @ np.diag([sigma_x ** 2, sigma_y ** 2]) @ rotation.T
-        xy = np.stack([xx, yy], axis=-1)
-        exponent = 0.5 * np.einsum('...i,ij,...j->...', xy, np.linalg.inv(covariance), xy)
-    kernel = np.exp(-exponent)
-    return kernel / kernel.sum()
-
-
-def blur(img: Tensor, kernel: np.ndarray) -> Tensor:
-    """Filter a (C, H, W) image with a (k, k) kernel, reflect padding (DAN's ``BatchBlur``). Same shape out."""
-    k = kernel.shape[-1]
-    pad = k // 2
-    weight = torch.from_numpy(kernel).to(img.dtype).expand(img.shape[0], 1, k, k)
-    # reflect needs pad < size; tiny images fall back to replicating the border
-    mode = 'reflect' if min(img.shape[-2:]) > pad else 'replicate'
-    padded = F.pad(img[None], (pad, pad, pad, pad), mode=mode)
-    return F.conv2d(padded, weight, groups=img.shape[0])[0]
-
-
-def quantize(img: Tensor) -> Tensor:
-    """Clamp to [0, 1] and round to 8-bit levels (what saving the LR as PNG does).
-
-    The official training rounds without clamping; clamping makes training LRs match the PNG test LRs.
-    """
-    return img.clamp(0, 1).mul(255.0).round().div(255.0)
-
-
-def degrade(hr: Tensor, kernel: np.ndarray, scale: int, noise_std: float = 0.0,
-            rng: np.random.Generator | None = None) -> Tensor:
-    """Blur -> MATLAB bicubic /scale -> (noise) -> 8-bit quantisation.
-
-    Args:
-        hr: (C, H, W) float in [0, 1]; H and W multiples of ``scale``.
-        kernel: (k, k) blur kernel.
-        scale: downsampling factor.
-        noise_std: std of additive Gaussian noise on the LR, in [0, 1] units.
-        rng: generator of the noise (required when noise_std > 0).
-
-    Returns:
-        (C, H / scale, W / scale) float in [0, 1], multiples of 1/255.
-    """
-    if hr.shape[-2] % scale or hr.shape[-1] % scale:
-        raise ValueError(f'HR size {tuple(hr.shape[-2:])} is not a multiple of scale {scale}; mod-crop it first')
-    lr = imresize(blur(hr, kernel), 1 / scale)
-    if noise_std > 0:
-        if rng is None:
-            raise ValueError('degrade: noise_std > 0 needs an rng')
-        lr = lr + torch.from_numpy(rng.standard_normal(lr.shape).astype(np.float32)) * noise_std
-    return quantize(lr)
-
-
-def mod_crop(img: np.ndarray, multiple: int) -> np.ndarray:
-    """Crop (H, W, ...) bottom/right so H and W are multiples of ``multiple``."""
-    h, w = img.shape[:2]
-    return np.ascontiguousarray(img[:h - h % multiple, :w - w % multiple])
 
 
 def _range(opt: dict, key: str, default: Sequence[float] | None) -> tuple[float, float] | None:
@@ -201,8 +129,6 @@ class BlindSRDataset(data.Dataset):
         if value is None:
             return []
         if value == 'gaussian8':
-            from sr_arch.data.gaussian8 import gaussian8_sigmas  # lazy: gaussian8 imports this module
-
             return gaussian8_sigmas(self.scale)
         if not isinstance(value, (list, tuple)) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from sr_arch.errors import BadImageError
+from sr_arch.errors import BadImageError, PairScaleError
 from sr_arch.utils.sampling import DatasetWrapper
 
 #: how many following samples are tried before a run with ``skip_bad_images`` gives up
@@ -113,6 +113,13 @@ class RobustDataset(DatasetWrapper):
             return self.dataset[index]
         except BadImageError:
             raise
+        except ValueError as err:
+            reason = ''.join(map(str, err.args))  # basicsr passes its message in two pieces
+            if client is None or not reason.startswith('Scale mismatches'):
+                raise
+            files = ' and '.join(where for where, _ in client.fetched)  # GT first, then LQ, as basicsr reads them
+            raise PairScaleError(f'{self.name}: {files}: {reason} Check {self.name}.dataroot_gt / dataroot_lq '
+                                 'against scale') from None
         except Exception as err:
             reason = client.undecodable() if client is not None else None
             if reason is None and not isinstance(err, (OSError, cv2.error)):

@@ -208,6 +208,18 @@ class InferenceMixin:
                 self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
 
+    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger) -> None:
+        """basicsr's ``Validation <set>`` lines; when testing (``current_iter`` is the run's name, not an
+        iteration) without its ``Best: ... @ <name> iter`` part, which only means something in training."""
+        if isinstance(current_iter, int) or getattr(self, '_collecting_validation_shard', False):
+            super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+            return
+        from basicsr.utils import get_root_logger
+
+        lines = [f'Validation {dataset_name}'] + [f'\t # {metric}: {value:.4f}'
+                                                  for metric, value in self.metric_results.items()]
+        get_root_logger().info('\n'.join(lines) + '\n')
+
     def _timed(self, fn: Callable[[], None]) -> float:
         """Seconds ``fn()`` takes, waiting for the GPU to finish."""
         cuda = getattr(self, 'device', torch.device('cpu')).type == 'cuda'

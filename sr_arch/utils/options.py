@@ -3,9 +3,10 @@
 ``parse_options`` returns basicsr's ``opt`` dict (``dist``, ``rank``, ``world_size``, ``num_gpu``,
 ``is_train``, ``auto_resume``, derived ``path`` entries…) after:
 
-* ``--force_yml a:b=value`` overrides (values parsed as YAML; ``none``/``~`` is None); a dataset set to
-  None (``--force_yml datasets:test_3=~``) is skipped, and testing's ``--sets Set5,Urban100`` keeps only
-  the named datasets, both before the option file is validated (a skipped set's folders need not exist);
+* ``--force_yml a:b=value`` / ``a.b=value`` overrides (values parsed as YAML; ``none``/``~`` is None; empty
+  and malformed values are refused naming the override); a dataset set to None (``--force_yml
+  datasets:test_3=~``) is skipped, and testing's ``--sets Set5,Urban100`` keeps only the named datasets, both
+  before the option file is validated (a skipped set's folders need not exist);
 * ``num_gpu: auto`` -> the number of visible GPUs (0 on a CPU-only machine: train on the CPU);
 * ``--launcher pytorch|slurm`` -> torch.distributed initialised (NCCL on GPUs, gloo on CPUs);
   torchrun's ``--local-rank`` and ``--local_rank`` are both accepted;
@@ -20,9 +21,12 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import os.path as osp
 import random
+import re
+import sys
 from typing import Any
 
 import torch
@@ -35,21 +39,34 @@ from sr_arch.utils.option_validation import validate_options
 from sr_arch.utils.training_features import TrainingFeatures
 
 
+def command_name(is_train: bool) -> str:
+    """How the user called us, for ``usage:`` lines: ``train.py`` / ``test.py`` or ``sr-arch train|test``."""
+    script = osp.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ''
+    if script in ('train.py', 'test.py'):
+        return script
+    return 'sr-arch train' if is_train else 'sr-arch test'
+
+
 def build_arg_parser(is_train: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='train.py' if is_train else 'test.py',
+    """BasicSR's command line; ``--auto_resume`` and ``--debug`` exist for training only."""
+    parser = argparse.ArgumentParser(prog=command_name(is_train),
                                      description='BasicSR-compatible ' + ('training' if is_train else 'testing'))
     parser.add_argument('-opt', required=True, help='path to the option YAML file')
     parser.add_argument('--launcher', choices=dist_utils.LAUNCHERS, default='none',
                         help='none: one process; pytorch: under torchrun; slurm: under srun')
-    parser.add_argument('--auto_resume', action='store_true',
-                        help='continue from the newest complete checkpoint of this experiment')
-    parser.add_argument('--debug', action='store_true',
-                        help="name prefixed 'debug_', print every iteration, validate/save every 8")
+    if is_train:
+        parser.add_argument('--auto_resume', action='store_true',
+                            help='continue experiments/<name> from its newest complete checkpoint (nothing to '
+                                 'resume: start from iteration 0, said in the log)')
+        parser.add_argument('--debug', action='store_true',
+                            help="name prefixed 'debug_', print every iteration, validate/save every 8")
     parser.add_argument('--local_rank', '--local-rank', dest='local_rank', type=int, default=None,
                         help='set by torch.distributed.launch; torchrun passes LOCAL_RANK in the environment')
+    examples = ('train:ema_decay=0.999, datasets.train.batch_size_per_gpu=2' if is_train
+                else 'val:self_ensemble=true, path.pretrain_network_g=net.pth')
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
-                        help='override options, e.g. train:ema_decay=0.999 datasets:train:batch_size_per_gpu=2; '
-                        'datasets:test_3=~ skips that dataset')
+                        help=f'override options; keys separated by : or . ({examples}); values in YAML '
+                             '(~ for none; datasets:test_3=~ skips that dataset)')
     if not is_train:
         parser.add_argument('--sets', metavar='NAMES', help='comma-separated dataset names to test, e.g. '
                             'Set5,Urban100 (default: every dataset of the option file)')
@@ -116,42 +133,89 @@ def _name_of(node: yaml.Node) -> str | None:
     return None
 
 
-def parse_yml_value(text: str) -> Any:
-    """A ``--force_yml`` value: YAML scalars/lists (``1e-4``, ``[1, 2]``, ``true``), ``none`` -> None."""
+_NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
+
+
+def parse_yml_value(text: str, entry: str = '') -> Any:
+    """A ``--force_yml`` value: YAML scalars/lists (``1e-4``, ``[1, 2]``, ``true``), ``none``/``~`` -> None.
+
+    Raises:
+        OptionError: an empty value, or text that is not YAML (the message quotes ``entry``).
+    """
     text = text.strip()
+    if not text:
+        raise OptionError(f'--force_yml {entry!r}: empty value; give one, or ~ for none')
     if text.lower() == 'none':
         return None
-    if text.startswith('!!float'):
-        return float(text[len('!!float'):])
-    value = yaml.safe_load(text)
-    if isinstance(value, str):  # YAML reads '1e-4' as a string; basicsr users expect a number
-        try:
-            return float(value)
-        except ValueError:
-            return value
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, 'problem', None) or str(err).splitlines()[0]
+        raise OptionError(f'--force_yml {entry!r}: {text!r} is not a YAML value ({problem}); quote a string '
+                          "that contains YAML characters, e.g. name='a: b'") from None
+    if isinstance(value, str) and _NUMBER.fullmatch(value):  # YAML 1.1 reads '1e-4' as a string
+        return float(value)
     return value
 
 
+def split_override_key(keys_text: str, opt: dict[str, Any], entry: str) -> list[str]:
+    """``a:b:c`` or ``a.b.c`` -> ``['a', 'b', 'c']``.
+
+    With ``:`` the key is split on ``:`` only (so keys containing dots stay whole); a dotted key
+    prefers the longest existing key at each level (``datasets.val_sig1.80.name``), and splits on every
+    remaining dot below keys that do not exist yet.
+    """
+    text = keys_text.strip()
+    if ':' in text:
+        keys = [k.strip() for k in text.split(':')]
+    else:
+        pieces = [k.strip() for k in text.split('.')]
+        keys, node, start = [], opt, 0
+        while start < len(pieces):
+            end = start + 1
+            if isinstance(node, dict):
+                for stop in range(len(pieces), start, -1):
+                    if '.'.join(pieces[start:stop]) in node:
+                        end = stop
+                        break
+            key = '.'.join(pieces[start:end])
+            keys.append(key)
+            node = node.get(key) if isinstance(node, dict) else None
+            start = end
+    if not all(keys):
+        raise OptionError(f'--force_yml {entry!r}: empty key in {text!r}; write KEY=VALUE with keys separated by '
+                          ': or ., e.g. train:ema_decay=0.999 or train.ema_decay=0.999')
+    return keys
+
+
 def apply_force_yml(opt: dict[str, Any], entries: list[str], source: str) -> list[str]:
-    """Apply ``a:b:c=value`` overrides in place; returns the keys that did not exist before."""
-    created = []
+    """Apply ``a:b:c=value`` / ``a.b.c=value`` overrides in place; returns the (dotted) keys that did not exist.
+
+    Every entry is checked before ``opt`` is changed: a bad one leaves ``opt`` as it was.
+    """
+    parsed = []
     for entry in entries:
         if '=' not in entry:
             raise OptionError(f'--force_yml {entry!r}: expected KEY=VALUE, e.g. train:ema_decay=0.999')
         keys_text, value_text = entry.split('=', 1)
-        keys = [k.strip() for k in keys_text.split(':')]
-        node = opt
+        parsed.append((entry, split_override_key(keys_text, opt, entry), parse_yml_value(value_text, entry)))
+    created = []
+    updated = copy.deepcopy(opt)
+    for entry, keys, value in parsed:
+        node = updated
         for depth, key in enumerate(keys[:-1]):
             if key not in node or node[key] is None:
                 node[key] = {}
-                created.append(':'.join(keys[:depth + 1]))
+                created.append('.'.join(keys[:depth + 1]))
             if not isinstance(node[key], dict):
-                raise OptionError(f"--force_yml {entry!r}: '{':'.join(keys[:depth + 1])}' in {source} is "
+                raise OptionError(f"--force_yml {entry!r}: {'.'.join(keys[:depth + 1])} in {source} is "
                                   f'{node[key]!r}, not a mapping')
             node = node[key]
         if keys[-1] not in node:
-            created.append(keys_text.strip())
-        node[keys[-1]] = parse_yml_value(value_text)
+            created.append('.'.join(keys))
+        node[keys[-1]] = value
+    opt.clear()
+    opt.update(updated)
     return created
 
 
@@ -295,9 +359,9 @@ def parse_options(root_path: str, is_train: bool = True, argv: list[str] | None 
     seed_everything(opt['manual_seed'] + opt['rank'])
     set_deterministic(bool(opt.get('deterministic', False)))
 
-    opt['auto_resume'] = args.auto_resume
+    opt['auto_resume'] = bool(getattr(args, 'auto_resume', False))
     opt['is_train'] = is_train
-    if args.debug and not opt['name'].startswith('debug'):
+    if getattr(args, 'debug', False) and not opt['name'].startswith('debug'):
         opt['name'] = 'debug_' + opt['name']
 
     datasets = opt.get('datasets') or {}

@@ -14,6 +14,7 @@ Option block (top level ``tile:`` like HAT's official files, or ``val.tile:``)::
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import weakref
@@ -31,6 +32,15 @@ Forward = Callable[[Tensor], Tensor]
 
 _SIZE_UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
                'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40, 'K': 2**10, 'M': 2**20, 'G': 2**30}
+
+
+def format_size(num_bytes: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``64 MiB``, ``2.0 GiB``."""
+    for unit, factor in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+        if num_bytes >= factor:
+            value = num_bytes / factor
+            return f'{value:.1f} {unit}' if value < 10 else f'{value:.0f} {unit}'
+    return f'{num_bytes:.0f} B'
 
 
 def parse_memory_size(value: int | float | str, key: str = 'max_memory') -> int:
@@ -59,10 +69,19 @@ class TileOptions:
     max_memory: int | None = None
 
     @classmethod
-    def from_opt(cls, opt: Mapping[str, Any] | None, where: str = 'tile') -> 'TileOptions | None':
-        """Validate an option block; None/empty -> None (no tiling). Errors name ``where.<key>``."""
+    def from_opt(cls, opt: Mapping[str, Any] | None, where: str = 'tile',
+                 names: Mapping[str, str] | None = None) -> 'TileOptions | None':
+        """Validate an option block; None/empty -> None (no tiling).
+
+        Errors name ``where.<key>``, or ``names[key]`` when given: a command line passes its flags
+        (``{'max_memory': '--max-memory', ...}``) so that messages name options that exist.
+        """
         if not opt:
             return None
+
+        def label(key: str) -> str:
+            return (names or {}).get(key) or f'{where}.{key}'
+
         if not isinstance(opt, Mapping):
             raise ValueError(f'{where} must be a mapping with tile_size / tile_pad / batch_size, got {opt!r}')
         unknown = set(opt) - {'tile_size', 'tile_pad', 'batch_size', 'max_memory'}
@@ -71,22 +90,23 @@ class TileOptions:
                              'expected tile_size, tile_pad, batch_size, max_memory')
         raw_size = opt.get('tile_size')
         if raw_size is None:
-            raise ValueError(f"{where}.tile_size is required (a positive integer or 'auto')")
+            raise ValueError(f"{label('tile_size')} is required (a positive integer or 'auto')")
         max_memory = None
         if raw_size == 'auto':
             if opt.get('max_memory') is None:
-                raise ValueError(f"{where}.tile_size: auto needs {where}.max_memory (e.g. 8GB)")
+                raise ValueError(f"{label('tile_size')} auto needs {label('max_memory')} (e.g. 8GB)")
             tile_size = None
-            max_memory = parse_memory_size(opt['max_memory'], f'{where}.max_memory')
+            max_memory = parse_memory_size(opt['max_memory'], label('max_memory'))
         else:
-            tile_size = _positive_int(raw_size, f'{where}.tile_size', "or 'auto'")
+            tile_size = _positive_int(raw_size, label('tile_size'), "or 'auto'")
         default_pad = min(32, tile_size // 4) if tile_size is not None else 32
         tile_pad = opt.get('tile_pad', default_pad)
         if isinstance(tile_pad, bool) or not isinstance(tile_pad, int) or tile_pad < 0:
-            raise ValueError(f'{where}.tile_pad must be an integer >= 0, got {tile_pad!r}')
+            raise ValueError(f"{label('tile_pad')} must be an integer >= 0, got {tile_pad!r}")
         if tile_size is not None and tile_pad >= tile_size:
-            raise ValueError(f'{where}.tile_pad ({tile_pad}) must be smaller than {where}.tile_size ({tile_size})')
-        batch_size = _positive_int(opt.get('batch_size', 1), f'{where}.batch_size')
+            raise ValueError(f"{label('tile_pad')} ({tile_pad}) must be smaller than {label('tile_size')} "
+                             f'({tile_size})')
+        batch_size = _positive_int(opt.get('batch_size', 1), label('batch_size'))
         return cls(tile_size, tile_pad, batch_size, max_memory)
 
 
@@ -250,7 +270,8 @@ def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str) -> in
 
 def auto_tile_size(forward: Forward, channels: int, max_memory: int, device: torch.device | str,
                    dtype: torch.dtype = torch.float32, multiple: int = 1, batch_size: int = 1,
-                   probe_sides: tuple[int, int, int] = (32, 64, 96), largest: int | None = None) -> int:
+                   probe_sides: tuple[int, int, int] = (32, 64, 96), largest: int | None = None,
+                   budget_name: str = 'tile max_memory') -> int:
     """Largest tile side whose forward pass is predicted to fit ``max_memory`` bytes.
 
     Peak memory is measured for square probe tiles (sides rounded up to ``multiple``) and fitted as
@@ -270,8 +291,8 @@ def auto_tile_size(forward: Forward, channels: int, max_memory: int, device: tor
             peaks.append(measure_peak_memory(lambda: forward(probe), device))
             areas.append(side * side)
     if peaks[0] > max_memory:
-        raise ValueError(f'tile max_memory ({max_memory / 2**20:.0f} MiB) is too small: a {sides[0]}x{sides[0]} tile '
-                         f'already needs {peaks[0] / 2**20:.0f} MiB')
+        raise ValueError(f'{budget_name} ({format_size(max_memory)}) is too small: a {sides[0]}x{sides[0]} tile '
+                         f'already needs {format_size(peaks[0])}')
     c2, c1, c0 = np.polyfit(np.array(areas, dtype=np.float64), np.array(peaks, dtype=np.float64), 2)
     c2, c1 = max(c2, 0.0), max(c1, 0.0)
     budget = max_memory - c0
@@ -287,21 +308,33 @@ def auto_tile_size(forward: Forward, channels: int, max_memory: int, device: tor
 
 
 class Tiler:
-    """Tiled forward for one ``TileOptions``; resolves ``tile_size: auto`` once, on the first call."""
+    """Tiled forward for one ``TileOptions``; resolves ``tile_size: auto`` once, on the first call.
+
+    ``budget_name`` is how errors and the log name the memory budget (``tile.max_memory``, ``--max-memory``).
+    """
 
     def __init__(self, options: TileOptions, multiple: int = 1, output_device: torch.device | str | None = None,
-                 progress: Callable[[int, int], Any] | None = None):
+                 progress: Callable[[int, int], Any] | None = None, budget_name: str = 'tile.max_memory'):
         self.options = options
         self.multiple = max(1, multiple)
         self.output_device = output_device
         self.progress = progress  # see tiled_forward
+        self.budget_name = budget_name
         self.tile_size = options.tile_size
+
+    @property
+    def chosen_automatically(self) -> bool:
+        """True once ``tile_size: auto`` has been resolved to ``self.tile_size``."""
+        return self.options.tile_size is None and self.tile_size is not None
 
     def resolve_tile_size(self, forward: Forward, lq: Tensor) -> int:
         """The tile side to use; for 'auto', measured once (probes run on ``lq``'s device and dtype)."""
         if self.tile_size is None:
             self.tile_size = auto_tile_size(forward, lq.shape[1], self.options.max_memory, lq.device, lq.dtype,
-                                            multiple=self.multiple, batch_size=self.options.batch_size)
+                                            multiple=self.multiple, batch_size=self.options.batch_size,
+                                            budget_name=self.budget_name)
+            logging.getLogger('basicsr').info(f'tile_size auto: {self.tile_size}x{self.tile_size} LR tiles fit '
+                                              f'{self.budget_name} {format_size(self.options.max_memory)}')
         return self.tile_size
 
     def __call__(self, forward: Forward, lq: Tensor, scale: int) -> Tensor:

@@ -18,7 +18,10 @@ The output, with LR files named like the HR ones (``baby.png`` in ``HR`` and in 
   (missing, another crop, or ``--regenerate-lr``) generates it with MATLAB-compatible bicubic from the
   HR mod-cropped to ``s``.
 
-Each set is built in ``<dest>/<Set>.partial`` and renamed when complete.
+Each set is built in ``<dest>/<Set>.partial`` and renamed when complete. A set already laid out is
+skipped, except for scales it lacks: ``--scales 2 3 4`` after ``--scales 2 4`` adds ``LR_bicubic/X3``
+alone (from the set's ``HR``). When no set is found under ``--source`` the step fails and lists the
+folders it saw there.
 """
 from __future__ import annotations
 
@@ -30,9 +33,11 @@ from typing import Sequence
 
 import numpy as np
 
+from sr_arch.data.degradations import mod_crop
 from sr_arch.data.prepare.bicubic import downsample
 from sr_arch.data.prepare.common import (BadImages, CorruptImageError, PrepareError, StagedOutput, add_common_arguments,
-                                         is_image_file, mod_crop, positive_int, read_image, run_tasks, write_png)
+                                         is_image_file, plural, positive_int, read_image, run_tasks,
+                                         write_png)
 
 #: our folder name -> lower-case folder names of common downloads
 BENCHMARK_SETS: dict[str, tuple[str, ...]] = {
@@ -143,8 +148,8 @@ def choose_hr(candidates: Sequence[str]) -> tuple[str, np.ndarray]:
 class _Task:
     stem: str
     hr_candidates: tuple[str, ...]
-    lr_files: tuple[tuple[int, str], ...]  # (scale, downloaded file or '')
-    out_dir: str
+    hr_dir: str  # where the HR is written ('' when the layout has it already)
+    lr_files: tuple[tuple[int, str, str], ...]  # (scale, downloaded file or '', folder to write into)
     hr_mod: int
     regenerate: bool
 
@@ -155,8 +160,8 @@ def _layout_one(task: _Task) -> tuple[str, int, int, CorruptImageError | None]:
         _, hr = choose_hr(task.hr_candidates)
         hr = mod_crop(hr, task.hr_mod)
         copied = generated = 0
-        lr_images = {}
-        for s, path in task.lr_files:
+        lr_images = []
+        for s, path, folder in task.lr_files:
             lr = read_image(path) if path and not task.regenerate else None
             expected = (hr.shape[0] // s, hr.shape[1] // s)
             if lr is None or lr.shape[:2] != expected or lr.ndim != hr.ndim:
@@ -164,13 +169,69 @@ def _layout_one(task: _Task) -> tuple[str, int, int, CorruptImageError | None]:
                 generated += 1
             else:
                 copied += 1
-            lr_images[s] = lr
+            lr_images.append((folder, lr))
     except CorruptImageError as err:
         return task.stem, 0, 0, err
-    write_png(os.path.join(task.out_dir, 'HR', f'{task.stem}.png'), hr)
-    for s, lr in lr_images.items():
-        write_png(os.path.join(task.out_dir, 'LR_bicubic', f'X{s}', f'{task.stem}.png'), lr)
+    if task.hr_dir:
+        write_png(os.path.join(task.hr_dir, f'{task.stem}.png'), hr)
+    for folder, lr in lr_images:
+        write_png(os.path.join(folder, f'{task.stem}.png'), lr)
     return task.stem, copied, generated, None
+
+
+def _run_layout(name: str, stages: Sequence[StagedOutput], tasks: list[_Task], workers: int,
+                result: BenchmarkResult) -> None:
+    """Run ``tasks``, mark each image done in every stage, record the counts; fails when nothing was written."""
+    try:
+        for stem, copied, generated, error in run_tasks(_layout_one, tasks, workers, desc=name):
+            if error is not None:
+                result.bad.add(error)
+                continue
+            for stage in stages:
+                stage.mark_done(stem, f'{copied},{generated}')
+        counts = [tuple(map(int, info.split(','))) for info in stages[0].done.values()]
+        if not counts:
+            for stage in stages:
+                stage.discard()
+            raise PrepareError(f'{name}: nothing written, no image could be read ({result.bad.one_line()})')
+        result.images[name] = len(counts)
+        result.lr_copied[name] = sum(c for c, _ in counts)
+        result.lr_generated[name] = sum(g for _, g in counts)
+        for stage in stages:
+            stage.commit()
+    finally:
+        for stage in stages:
+            stage.close()
+
+
+def _add_scales(name: str, out: str, set_dir: str | None, scales: Sequence[int], regenerate_lr: bool, workers: int,
+                overwrite: bool, result: BenchmarkResult) -> None:
+    """Build ``LR_bicubic/X{s}`` of an existing set for ``scales`` only, from the set's own ``HR`` (and the
+    download's LR files when ``set_dir`` is known and their size fits)."""
+    hr_dir = os.path.join(out, 'HR')
+    stems = {_stem(f): os.path.join(hr_dir, f) for f in _images(hr_dir)} if os.path.isdir(hr_dir) else {}
+    if not stems:
+        raise PrepareError(f'{out} has no HR images: delete it, or pass --overwrite to rebuild it')
+    downloaded = collect_candidates(set_dir, scales)[1] if set_dir else {s: {} for s in scales}
+    stages = [StagedOutput(os.path.join(out, 'LR_bicubic', f'X{s}'),
+                           dict(step='benchmarks', source=os.path.abspath(set_dir) if set_dir else None, scale=s,
+                                regenerate_lr=regenerate_lr), overwrite).begin() for s in scales]
+    print(f'{out} exists without {", ".join(f"X{s}" for s in scales)}: adding {"them" if len(scales) > 1 else "it"}')
+    tasks = [_Task(stem, (path,), '', tuple((s, downloaded[s].get(stem, ''), stage.partial)
+                                              for s, stage in zip(scales, stages)), 1, regenerate_lr)
+             for stem, path in sorted(stems.items()) if not stages[0].is_done(stem)]
+    _run_layout(name, stages, tasks, workers, result)
+
+
+def folder_names(source: str, depth: int = 2, limit: int = 20) -> list[str]:
+    """Sub-folder paths of ``source`` (relative, up to ``depth`` levels), for 'not found' messages."""
+    found = []
+    base = os.path.normpath(source)
+    for root, dirs, _ in os.walk(base):
+        level = os.path.relpath(root, base).count(os.sep) + (root != base)
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.')) if level < depth else []
+        found += [os.path.relpath(os.path.join(root, d), base) for d in dirs]
+    return sorted(found)[:limit]
 
 
 def prepare_benchmarks(source: str, dest: str = 'datasets/benchmark', scales: Sequence[int] = (2, 3, 4),
@@ -181,6 +242,9 @@ def prepare_benchmarks(source: str, dest: str = 'datasets/benchmark', scales: Se
     Args:
         sets: names from ``BENCHMARK_SETS``; None = every set found (a named set that is missing is an error).
         hr_mod: mod-crop the HR to this multiple (1: keep the original size).
+
+    A set already laid out is skipped, except for the scales it lacks: those are added
+    (``LR_bicubic/X{s}`` only, from its ``HR``).
     """
     if not os.path.isdir(source):
         raise PrepareError(f'--source folder not found: {source}')
@@ -191,39 +255,39 @@ def prepare_benchmarks(source: str, dest: str = 'datasets/benchmark', scales: Se
     result = BenchmarkResult(dest=dest, bad=BadImages(on_error))
     for name in sets or BENCHMARK_SETS:
         set_dir = find_set_folder(source, BENCHMARK_SETS[name])
+        out = os.path.join(dest, name)
+        staged = StagedOutput(out, dict(step='benchmarks', source=os.path.abspath(set_dir) if set_dir else None,
+                                        scales=scales, hr_mod=hr_mod, regenerate_lr=regenerate_lr), overwrite)
+        if staged.complete:
+            missing = [s for s in scales if not os.path.isdir(os.path.join(out, 'LR_bicubic', f'X{s}'))]
+            if missing:
+                _add_scales(name, out, set_dir, missing, regenerate_lr, workers, overwrite, result)
+            else:
+                print(f'{out} already exists: skipped (pass --overwrite to rebuild it)')
+                result.skipped_complete.append(out)
+            continue
         if set_dir is None:
             if sets:
                 raise PrepareError(f'{name} not found under {source} (looked for folders named '
                                    f'{", ".join(BENCHMARK_SETS[name])}, any case)')
             result.not_found.append(name)
             continue
-        out = os.path.join(dest, name)
-        staged = StagedOutput(out, dict(step='benchmarks', source=os.path.abspath(set_dir), scales=scales,
-                                        hr_mod=hr_mod, regenerate_lr=regenerate_lr), overwrite)
-        if staged.complete:
-            print(f'{out} already exists: skipped (pass --overwrite to rebuild it)')
-            result.skipped_complete.append(out)
-            continue
         hr, lr = collect_candidates(set_dir, scales)
         if not hr:
             raise PrepareError(f'{set_dir}: no HR images found (looked in HR/, GT/, GTmod*/, image_SRF_*/ and the '
                                'folder itself)')
         staged.begin()
-        try:
-            tasks = [_Task(stem, tuple(paths), tuple((s, lr[s].get(stem, '')) for s in scales), staged.partial,
-                           hr_mod, regenerate_lr) for stem, paths in sorted(hr.items()) if not staged.is_done(stem)]
-            for stem, copied, generated, error in run_tasks(_layout_one, tasks, workers, desc=name):
-                if error is not None:
-                    result.bad.add(error)
-                    continue
-                staged.mark_done(stem, f'{copied},{generated}')
-            counts = [tuple(map(int, info.split(','))) for info in staged.done.values()]
-            result.images[name] = len(counts)
-            result.lr_copied[name] = sum(c for c, _ in counts)
-            result.lr_generated[name] = sum(g for _, g in counts)
-            staged.commit()
-        finally:
-            staged.close()
+        lr_dirs = {s: os.path.join(staged.partial, 'LR_bicubic', f'X{s}') for s in scales}
+        tasks = [_Task(stem, tuple(paths), os.path.join(staged.partial, 'HR'),
+                       tuple((s, lr[s].get(stem, ''), lr_dirs[s]) for s in scales), hr_mod, regenerate_lr)
+                 for stem, paths in sorted(hr.items()) if not staged.is_done(stem)]
+        _run_layout(name, [staged], tasks, workers, result)
+    if len(result.not_found) == len(BENCHMARK_SETS):
+        names = folder_names(source)
+        raise PrepareError(f'no benchmark set found under {source} (folders named '
+                           f'{", ".join("/".join(a) for a in BENCHMARK_SETS.values())}, any case, up to '
+                           f'{_MAX_SEARCH_DEPTH} levels down); folders found there: '
+                           f'{", ".join(names) if names else "none"}')
     return result
 
 
@@ -245,8 +309,8 @@ def run(args: argparse.Namespace) -> int:
     result = prepare_benchmarks(args.source, args.dest, args.scales, args.sets, args.hr_mod, args.regenerate_lr,
                                 args.workers, args.on_error, args.overwrite)
     for name, count in result.images.items():
-        print(f'{os.path.join(result.dest, name)}: {count} images, LR x{"/x".join(map(str, args.scales))}: '
-              f'{result.lr_copied[name]} from the download, {result.lr_generated[name]} generated')
+        print(f'{os.path.join(result.dest, name)}: {plural(count, "image")}, LR: {result.lr_copied[name]} from the '
+              f'download, {result.lr_generated[name]} generated')
     if result.not_found:
         print(f'not found under {args.source}: {", ".join(result.not_found)}')
     if result.bad.errors:

@@ -3,7 +3,9 @@
 For every HR image and scale ``s``: mod-crop to a multiple of ``s`` (top-left, MATLAB's ``modcrop``),
 then ``imresize(hr, 1/s)`` with basicsr's MATLAB-compatible bicubic (antialiased), rounded to the
 input's bit depth. Outputs are PNG named like the HR file (``--suffix 'x{s}'`` gives DIV2K's
-``0001x2.png``). ``--hr-output`` also writes the mod-cropped HR (the ``GTmod{s}`` of benchmark sets).
+``0001x2.png``). ``--hr-output`` also writes the mod-cropped HR (the ``GTmod{s}`` of benchmark sets);
+without it, HR images whose sides are not multiples of a scale are named in a warning, since training
+pairs need GT = LR x scale exactly. A run that writes nothing fails and leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
+from sr_arch.data.degradations import mod_crop
 from sr_arch.data.prepare.common import (BadImages, CorruptImageError, PrepareError, StagedOutput, add_common_arguments,
-                                         bicubic_resize, format_path_template, list_images, mod_crop, positive_int,
-                                         read_image, run_tasks, write_png)
+                                         bicubic_resize, format_path_template, list_images, plural,
+                                         positive_int, read_image, run_tasks, write_png)
 
 
 @dataclass
@@ -26,6 +29,8 @@ class BicubicResult:
     outputs: dict[int, str]
     written: dict[str, int] = field(default_factory=dict)
     skipped_complete: list[str] = field(default_factory=list)
+    #: scale -> HR images (path, HxW) whose sides are not multiples of it (their LR pairs with a crop)
+    not_multiples: dict[int, list[str]] = field(default_factory=dict)
     bad: BadImages = field(default_factory=BadImages)
 
 
@@ -43,17 +48,18 @@ class _Task:
     compression_level: int
 
 
-def _downsample_one(task: _Task) -> tuple[str, CorruptImageError | None]:
+def _downsample_one(task: _Task) -> tuple[str, str, CorruptImageError | None]:
+    """Write the LR (and mod-cropped HR) of one image; returns (name, 'height width' of the HR, error)."""
     try:
         hr = read_image(task.path)
     except CorruptImageError as err:
-        return task.name, err
+        return task.name, '', err
     for scale, lr_dir, suffix, hr_dir in task.targets:
         if lr_dir:
             write_png(os.path.join(lr_dir, f'{task.name}{suffix}.png'), downsample(hr, scale), task.compression_level)
         if hr_dir:
             write_png(os.path.join(hr_dir, f'{task.name}.png'), mod_crop(hr, scale), task.compression_level)
-    return task.name, None
+    return task.name, f'{hr.shape[0]} {hr.shape[1]}', None
 
 
 def generate_bicubic(input_dir: str, output: str, scales: Sequence[int] = (2, 3, 4), suffix: str = '',
@@ -112,13 +118,23 @@ def generate_bicubic(input_dir: str, output: str, scales: Sequence[int] = (2, 3,
             if targets:
                 tasks.append(_Task(os.path.join(input_dir, rel), name, tuple(targets), compression_level))
         scales_text = '/'.join(f'x{s}' for s in scales)
-        for name, error in run_tasks(_downsample_one, tasks, workers, desc=f'bicubic {scales_text}'):
+        for name, size, error in run_tasks(_downsample_one, tasks, workers, desc=f'bicubic {scales_text}'):
             if error is not None:
                 result.bad.add(error)
                 continue
             for stage in staged.values():
                 if not stage.is_done(name):
-                    stage.mark_done(name)
+                    stage.mark_done(name, size)
+        if staged and not any(stage.done for stage in staged.values()):
+            for stage in staged.values():
+                stage.discard()
+            raise PrepareError(f'nothing written: no image of {input_dir} could be read ({result.bad.one_line()})')
+        for (s, kind), stage in staged.items():
+            if kind == 'lr' and not hr_output:
+                for name, size in sorted(stage.done.items()):
+                    height, width = (int(v) for v in size.split()) if size else (0, 0)
+                    if height % s or width % s:
+                        result.not_multiples.setdefault(s, []).append(f'{names[name]} ({height}x{width})')
         for stage in staged.values():
             result.written[stage.final] = len(stage.done)
             stage.commit()
@@ -144,11 +160,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
 
 
+def not_multiples_warning(not_multiples: dict[int, list[str]], input_dir: str) -> str:
+    """The warning printed for ``BicubicResult.not_multiples``."""
+    lines = []
+    for s, found in sorted(not_multiples.items()):
+        lines.append(f'warning: {plural(len(found), "HR image")} of {input_dir} {"is" if len(found) == 1 else "are"} '
+                     f'not a multiple of {s} (e.g. {", ".join(found[:3])}): their x{s} LR is made from the HR cropped '
+                     f'to a multiple of {s}, and training on the uncropped HR fails (basicsr needs GT = LR x {s}); '
+                     "pass --hr-output 'HR_X{s}' to write the cropped HR and train on it, or use subimages --align 12")
+    return '\n'.join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     result = generate_bicubic(args.input, args.output, args.scales, args.suffix, args.hr_output, args.recursive,
                               args.compression_level, args.workers, args.on_error, args.overwrite)
     for folder, count in result.written.items():
-        print(f'{folder}: {count} images')
+        print(f'{folder}: {plural(count, "image")}')
+    if result.not_multiples:
+        print(not_multiples_warning(result.not_multiples, args.input))
     if result.bad.errors:
         print(result.bad.summary())
     return 0

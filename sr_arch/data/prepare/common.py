@@ -43,6 +43,11 @@ _TEMP_SUFFIX = '.tmp'
 # reading and writing images
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 image``, ``2 images`` (``plural_form`` for irregular nouns)."""
+    return f'{count} {noun if count == 1 else plural_form or noun + "s"}'
+
+
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -134,12 +139,6 @@ def write_png(path: str, img: np.ndarray, compression_level: int = 3) -> None:
     atomic_write_bytes(path, encode_png(img, compression_level))
 
 
-def mod_crop(img: np.ndarray, multiple: int) -> np.ndarray:
-    """Top-left crop of an (H, W[, C]) image to H and W divisible by ``multiple`` (MATLAB's modcrop)."""
-    h, w = img.shape[:2]
-    return img[:h - h % multiple, :w - w % multiple, ...]
-
-
 def bicubic_resize(img: np.ndarray, factor: float) -> np.ndarray:
     """MATLAB ``imresize(img, factor, 'bicubic')`` (antialiased) via basicsr, on uint8/uint16 images.
 
@@ -180,6 +179,12 @@ class BadImages:
             raise CorruptImageError(error.path, f'{error.reason} (pass --on-error skip to skip and count such '
                                     'images instead)')
         self.errors.append(error)
+
+    def one_line(self, limit: int = 3) -> str:
+        """``skipped N unreadable image(s): <path>: <reason>; ...`` on one line (for error messages)."""
+        shown = '; '.join(str(err) for err in self.errors[:limit])
+        more = f'; ... and {len(self.errors) - limit} more' if len(self.errors) > limit else ''
+        return f'skipped {len(self.errors)} unreadable image(s): {shown}{more}' if self.errors else ''
 
     def summary(self, limit: int = 10) -> str:
         if not self.errors:
@@ -276,6 +281,13 @@ class StagedOutput:
         self._done[key] = info
         self._done_file.write(f'{key}\t{info}\n')
         self._done_file.flush()
+
+    def discard(self) -> None:
+        """Delete ``<final>.partial`` (a run that produced nothing): nothing is marked complete, and the next
+        run starts afresh, with any settings."""
+        self.close()
+        if os.path.isdir(self.partial):
+            shutil.rmtree(self.partial)
 
     def close(self) -> None:
         if self._done_file is not None:

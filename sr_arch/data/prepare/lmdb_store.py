@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from sr_arch.data.prepare.common import (BadImages, CorruptImageError, PrepareError, StagedOutput, add_common_arguments,
-                                         decode_image, encode_png, image_shape, list_images, read_image, run_tasks)
+                                         decode_image, encode_png, image_shape, list_images, plural, read_image,
+                                         run_tasks)
 
 META_INFO = 'meta_info.txt'
 _COMMIT_BYTES = 64 << 20
@@ -148,6 +149,11 @@ def build_lmdb(input_dir: str, output: str | None = None, recursive: bool = Fals
             if writer.add(key, data):
                 flush()
         flush()
+        if not staged.done:
+            writer.close()
+            writer = None
+            staged.discard()
+            raise PrepareError(f'nothing written: no image of {input_dir} could be read ({result.bad.one_line()})')
         meta = ''.join(f'{key}.png ({shape}) {compress_level}\n' for key, shape in sorted(staged.done.items()))
         with open(os.path.join(staged.partial, META_INFO), 'w') as f:
             f.write(meta)
@@ -226,7 +232,8 @@ def verify_lmdb(lmdb_path: str, input_dir: str, recursive: bool = False) -> Veri
                     report.problems.append(str(err))
                     continue
                 if key in meta and meta[key] != image_shape(actual):
-                    report.problems.append(f'{path}: {META_INFO} says {meta[key]}, stored image is {image_shape(actual)}')
+                    report.problems.append(f'{path}: {META_INFO} says {meta[key]}, stored image is '
+                                           f'{image_shape(actual)}')
                 if actual.shape != expected.shape:
                     report.problems.append(f'{path}: stored image is {image_shape(actual)}, the file is '
                                            f'{image_shape(expected)}')
@@ -263,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         result = build_lmdb(input_dir, output, args.recursive, args.compress_level, args.workers, args.on_error,
                             args.overwrite)
         if not result.skipped_complete:
-            print(f'{output}: {result.images} images')
+            print(f'{output}: {plural(result.images, "image")}')
         if result.bad.errors:
             print(result.bad.summary())
         if args.verify:
@@ -283,9 +290,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def _print_report(report: VerifyReport, limit: int = 20) -> int:
     if report.ok:
-        print(f'{report.lmdb_path}: OK, {report.checked} images match their files')
+        print(f'{report.lmdb_path}: OK, {plural(report.checked, "image")} match their files')
         return 0
-    print(f'{report.lmdb_path}: {len(report.problems)} problem(s) in {report.checked} images:')
+    print(f'{report.lmdb_path}: {plural(len(report.problems), "problem")} in {plural(report.checked, "image")}:')
     for problem in report.problems[:limit]:
         print(f'  {problem}')
     if len(report.problems) > limit:

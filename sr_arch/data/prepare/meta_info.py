@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 
 from sr_arch.data.prepare.common import (CorruptImageError, PrepareError, add_common_arguments, atomic_write_text,
-                                         image_shape, list_images, read_image, run_tasks)
+                                         image_shape, list_images, plural, read_image, run_tasks)
 
 _SKIP_SMALL = 'smaller than --min-size'
 _SKIP_UNREADABLE = 'unreadable'
@@ -39,7 +39,7 @@ class MetaInfoResult:
 
     def summary(self, limit: int = 5) -> str:
         total = sum(len(v) for v in self.skipped.values())
-        lines = [f'{self.output}: {self.kept} images listed, {total} skipped']
+        lines = [f'{self.output}: {plural(self.kept, "image")} listed, {total} skipped']
         for reason, paths in sorted(self.skipped.items()):
             lines.append(f'  {len(paths)} {reason}: {", ".join(paths[:limit])}{" ..." if len(paths) > limit else ""}')
         return '\n'.join(lines)
