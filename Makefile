@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv if missing, installs the project, runs the demo
-#   make test   same set-up, runs the test suite
+#   make test   same set-up, lints (ruff), runs the test suite
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(PY) -m sr_arch demo $(ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests $(ARGS)
 
 clean-venv:

@@ -36,6 +36,6 @@ setup(
         'tqdm>=4.66',
         'scikit-image>=0.22',  # basicsr needs it; the demo and tests use its bundled photos
     ],
-    extras_require={'dev': ['pytest>=8']},
+    extras_require={'dev': ['pytest>=8', 'ruff>=0.6']},
     entry_points={'console_scripts': ['sr-arch=sr_arch.cli:main']},
 )

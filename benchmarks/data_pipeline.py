@@ -28,10 +28,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-import sr_arch  # noqa: F401  (registers the datasets; before any basicsr import)
 from basicsr.data import build_dataset
 
+import sr_arch  # noqa: F401  (registers the datasets; before any basicsr import)
 from sr_arch.data.prepare.bicubic import generate_bicubic
 from sr_arch.data.prepare.common import list_images, read_image
 from sr_arch.data.prepare.lmdb_store import build_lmdb
@@ -116,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     root = args.workdir or tempfile.mkdtemp(prefix='sr_arch_data_bench_')
     try:
         data = build_data(root, args.scale)
-        print(f'\n{len(list_images(data["hr_sub"]))} HR sub-images of {CROP} px, x{args.scale}, gt_size {args.gt_size}, '
+        count = len(list_images(data['hr_sub']))
+        print(f'\n{count} HR sub-images of {CROP} px, x{args.scale}, gt_size {args.gt_size}, '
               f'{args.samples} samples, {args.threads} thread(s)\n')
         print('| dataset | samples/s (wall) | CPU ms / sample |')
         print('|---|---|---|')

@@ -70,8 +70,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     import sr_arch  # noqa: F401  (before basicsr)
-    from sr_arch.archs.layers import attention_backend
     from sr_arch.archs.esrt_arch import ESRT
+    from sr_arch.archs.layers import attention_backend
     from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 
     torch.set_num_threads(args.threads)

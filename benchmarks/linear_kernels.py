@@ -41,7 +41,8 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def compare(reference: nn.Module, ours: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float, float, float, float]:
+def compare(reference: nn.Module, ours: nn.Module, x: torch.Tensor,
+            repeats: int) -> tuple[float, float, float, float, float]:
     """(reference eval ms, ours eval ms, reference train ms, ours train ms, max abs diff)."""
     ours.load_state_dict(reference.state_dict())
     with torch.no_grad():

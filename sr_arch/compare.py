@@ -219,7 +219,7 @@ def run_checkpoint(path: str, lr: np.ndarray, scale: int, args: argparse.Namespa
     import torch
 
     from sr_arch.infer import InferenceError, LoadedImage, load_model, upscale_image
-    from sr_arch.utils.tiling import Tiler, TileOptions
+    from sr_arch.utils.tiling import TileOptions, Tiler
 
     try:
         model = load_model(path, scale=scale, device=torch.device(args.device))
@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_pair(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(HR mod-cropped to the scale, LR) as uint8 BGR; an --lr of the wrong size is an error."""
-    from sr_arch.data.prepare.common import bicubic_resize, mod_crop
+    from sr_arch.data.degradations import mod_crop
+    from sr_arch.data.prepare.common import bicubic_resize
 
     hr = mod_crop(read_bgr(args.hr, 'HR'), args.scale)
     if min(hr.shape[:2]) < 2 * args.scale:

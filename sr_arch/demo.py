@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "option file's network_g (ESRT)")
     parser.add_argument('--name', default=None, help='experiment name (default demo_<arch>_x<scale>)')
     parser.add_argument('--train-size', type=int, default=TRAIN_MAX_SIDE,
-                        help='training photos are centre-cropped to at most this many pixels per side (default %(default)s)')
+                        help='training photos are centre-cropped to at most this many pixels per side '
+                             '(default %(default)s)')
     parser.add_argument('--heldout-size', type=int, default=HELDOUT_SIDE,
                         help='held-out photos are centre-cropped to this size (default %(default)s)')
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',

@@ -88,8 +88,13 @@ def load_model(path: str, param_key: str = 'params_ema', scale: int | None = Non
     """
     from sr_arch.archs import family_spec
     from sr_arch.utils.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
-    from sr_arch.utils.detect import (DetectionError, compare_state_dicts, describe_differences, detect_architecture,
-                                      state_dict_shapes)
+    from sr_arch.utils.detect import (
+        DetectionError,
+        compare_state_dicts,
+        describe_differences,
+        detect_architecture,
+        state_dict_shapes,
+    )
 
     try:
         checkpoint = load_checkpoint(path)
@@ -311,8 +316,9 @@ def _one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sr_arch  # noqa: F401  (registers the architectures; must precede basicsr)
     from tqdm import tqdm
+
+    import sr_arch  # noqa: F401  (registers the architectures; must precede basicsr)
 
     args = build_parser().parse_args(argv)
     if args.ext and not args.ext.startswith('.'):

@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
-
-import sr_arch  # noqa: F401  (compat fixes and registration before any basicsr import)
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str
 from basicsr.utils.options import dict2str
 
+import sr_arch  # noqa: F401  (compat fixes and registration before any basicsr import)
 from sr_arch.data.robust_io import RobustDataset, find_robust_dataset
 from sr_arch.errors import CheckpointError, NonFiniteError, OptionError, SRArchError, TrainingError
 from sr_arch.models.training import restore_rng_state

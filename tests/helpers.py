@@ -219,7 +219,8 @@ def psnr_y(sr_rgb_uint8: np.ndarray, hr_rgb_uint8: np.ndarray, crop_border: int)
     """basicsr's MATLAB-compatible PSNR on the Y channel (inputs uint8 RGB)."""
     from basicsr.metrics import calculate_psnr
 
-    return float(calculate_psnr(cv2.cvtColor(sr_rgb_uint8, cv2.COLOR_RGB2BGR), cv2.cvtColor(hr_rgb_uint8, cv2.COLOR_RGB2BGR),
+    sr_bgr, hr_bgr = cv2.cvtColor(sr_rgb_uint8, cv2.COLOR_RGB2BGR), cv2.cvtColor(hr_rgb_uint8, cv2.COLOR_RGB2BGR)
+    return float(calculate_psnr(sr_bgr, hr_bgr,
                                 crop_border=crop_border, test_y_channel=True))
 
 

@@ -92,7 +92,8 @@ def test_golden_output_of_the_official_code(case, backend):
 def test_every_family_has_golden_vectors_and_published_variants_in_the_manifests():
     families_with_goldens = {load_golden(case)['family'] for case in GOLDEN_CASES}
     assert families_with_goldens == set(FAMILIES), f'golden vectors in {GOLDEN_DIR}'
-    expected = {published_name(v, s): name for name, spec in FAMILIES.items() for v in spec.variants for s in spec.scales}
+    expected = {published_name(variant, scale): name
+                for name, spec in FAMILIES.items() for variant in spec.variants for scale in spec.scales}
     assert {name: entry['family'] for name, entry in MANIFESTS.items()} == expected
 
 
@@ -119,7 +120,8 @@ def test_published_variant_has_the_official_kwargs_names_shapes_and_dtypes(name)
 def test_detection_round_trip_of_a_non_published_configuration(family, scale):
     spec = FAMILIES[family]
     kwargs = tiny_kwargs(family, scale)
-    published = [v for v in spec.variants if spec.full_kwargs(spec.variant_kwargs(v, scale)) == spec.full_kwargs(kwargs)]
+    published = [variant for variant in spec.variants
+                 if spec.full_kwargs(spec.variant_kwargs(variant, scale)) == spec.full_kwargs(kwargs)]
     net = build(family, upscale=scale)
     detection = detect_architecture(net.state_dict(), 'tiny.pth', verify=True)
     assert (detection.family, detection.variant, detection.scale) == (family, next(iter(published), None), scale)

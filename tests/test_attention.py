@@ -5,8 +5,16 @@ import pytest
 import torch
 from torch.profiler import profile
 
-from sr_arch.archs.layers import (MaskScratch, add_shift_mask, attention, attention_backend, plain_formulation,
-                                     shifted_window_mask, window_attention, window_partition)
+from sr_arch.archs.layers import (
+    MaskScratch,
+    add_shift_mask,
+    attention,
+    attention_backend,
+    plain_formulation,
+    shifted_window_mask,
+    window_attention,
+    window_partition,
+)
 
 HEADS, WINDOW, DIM = 3, (4, 8), 12
 N = WINDOW[0] * WINDOW[1]

@@ -14,8 +14,17 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch.overrides import TorchFunctionMode
 
-from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options, load_golden,
-                     make_paired_folder, photo, psnr_y)
+from helpers import (
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    bicubic_downsample,
+    bicubic_upscale,
+    derive_options,
+    load_golden,
+    make_paired_folder,
+    photo,
+    psnr_y,
+)
 from sr_arch.archs.bicubic_arch import Bicubic, matlab_resize
 from sr_arch.utils.checkpoint import atomic_save
 from sr_arch.utils.options import OptionError
@@ -159,7 +168,6 @@ def test_published_data_errors_name_the_entry():
 
 def test_tested_variant_comes_from_the_option_file():
     from helpers import load_options
-
     from sr_arch.utils.published import variant_of_options
 
     expected = {'options/test/HAT/test_HAT-S_SRx4.yml': 'HAT-S', 'options/test/HAT/test_HAT_SRx2.yml': 'HAT',
@@ -181,7 +189,6 @@ def test_tested_variant_comes_from_the_option_file():
 
 def test_paper_table_rows_published_numbers_and_differences():
     from helpers import load_options
-
     from sr_arch.test import paper_rows
     from sr_arch.utils.results import DatasetResult, ImageResult, paper_table
 

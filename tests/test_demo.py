@@ -8,8 +8,8 @@ import sys
 
 import cv2
 import pytest
-from helpers import ONE_THREAD, REPO_ROOT, SUBPROCESS_TIMEOUT
 
+from helpers import ONE_THREAD, REPO_ROOT, SUBPROCESS_TIMEOUT
 from sr_arch import demo
 from sr_arch.data.prepare.lmdb_store import read_meta_info
 

@@ -11,13 +11,13 @@ import textwrap
 
 import pytest
 import torch
+from test_training import TESTS_DIR, dropout_net, tiny_options, write_options
 
 import sr_arch  # noqa: F401
 from helpers import HELDOUT_PHOTOS, ONE_THREAD, REPO_ROOT, SUBPROCESS_TIMEOUT, make_paired_folder
 from sr_arch import train as train_module
 from sr_arch.utils import dist as dist_utils
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
-from test_training import TESTS_DIR, dropout_net, tiny_options, write_options
 
 _RANK_RUNNER = textwrap.dedent('''
     import os, sys

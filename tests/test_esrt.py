@@ -13,12 +13,24 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, bicubic_downsample, bicubic_upscale, derive_options, golden_cases,
-                     load_golden, load_manifests, load_options, make_paired_folder, photo, psnr_y, run_script,
-                     upscale_with)
+from helpers import (
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    bicubic_downsample,
+    bicubic_upscale,
+    derive_options,
+    golden_cases,
+    load_golden,
+    load_options,
+    make_paired_folder,
+    photo,
+    psnr_y,
+    run_script,
+    upscale_with,
+)
 from sr_arch.archs import esrt_arch
-from sr_arch.archs.layers import attention_backend
 from sr_arch.archs.esrt_arch import ESRT, EfficientMultiHeadAttention, band_attention, band_bounds
+from sr_arch.archs.layers import attention_backend
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 
 GOLDEN = golden_cases('ESRT')

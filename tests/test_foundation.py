@@ -2,7 +2,6 @@ import subprocess
 import sys
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 
 from helpers import REPO_ROOT
 from sr_arch.archs import layers

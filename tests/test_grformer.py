@@ -7,9 +7,17 @@ import time
 import pytest
 import torch
 
-from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, assert_matches_golden, derive_options, golden_cases, heldout_psnrs,
-                     load_manifests, load_options, make_paired_folder, pooled_psnr, run_script)
-from sr_arch.archs.layers import attention_backend
+from helpers import (
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    derive_options,
+    golden_cases,
+    heldout_psnrs,
+    load_options,
+    make_paired_folder,
+    pooled_psnr,
+    run_script,
+)
 from sr_arch.archs.grformer_arch import FAMILY, GRFormer
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 

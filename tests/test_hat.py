@@ -17,15 +17,29 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 import yaml
-
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from helpers import (HELDOUT_PHOTOS, REPO_ROOT, TRAIN_PHOTOS, assert_matches_golden, bicubic_downsample, derive_options,
-                     golden_cases, heldout_psnrs, load_golden, load_manifests, load_options, make_paired_folder, photo,
-                     pooled_psnr, psnr_y, run_script, upscale_with)
-from sr_arch.archs.layers import pad_to_multiple
+
+from helpers import (
+    HELDOUT_PHOTOS,
+    REPO_ROOT,
+    TRAIN_PHOTOS,
+    bicubic_downsample,
+    derive_options,
+    golden_cases,
+    heldout_psnrs,
+    load_golden,
+    load_options,
+    make_paired_folder,
+    photo,
+    pooled_psnr,
+    psnr_y,
+    run_script,
+    upscale_with,
+)
 from sr_arch.archs.hat_arch import FAMILY, HAT
+from sr_arch.archs.layers import pad_to_multiple
 from sr_arch.data.imagenet_paired_dataset import ImageNetPairedDataset, bicubic_lr, crop_pair_fast
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 

@@ -9,8 +9,16 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from helpers import bicubic_downsample, load_golden, photo, psnr_y
 from sr_arch.models.inference import ENSEMBLE_TRANSFORMS, dihedral_inverse, dihedral_transform, padded_forward
-from sr_arch.utils.tiling import (PeakMemoryTracker, Tiler, TileOptions, auto_tile_size, measure_peak_memory,
-                                  parse_memory_size, tile_starts, tiled_forward)
+from sr_arch.utils.tiling import (
+    PeakMemoryTracker,
+    TileOptions,
+    Tiler,
+    auto_tile_size,
+    measure_peak_memory,
+    parse_memory_size,
+    tile_starts,
+    tiled_forward,
+)
 
 
 def conv_net(out_channels: int = 12, scale: int = 2) -> torch.nn.Module:

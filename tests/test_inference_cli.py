@@ -180,7 +180,7 @@ def test_checkpoint_of_another_network_or_scale_is_one_line_naming_it(tmp_path, 
 @pytest.mark.parametrize('options', [['--tile', '12', '--tile-pad', '4', '--tile-batch', '3'], ['--ensemble']])
 def test_tile_and_ensemble_options_reach_the_inference(tmp_path, checkpoint, options):
     from sr_arch.models.inference import super_resolve
-    from sr_arch.utils.tiling import Tiler, TileOptions
+    from sr_arch.utils.tiling import TileOptions, Tiler
 
     lr = photo('astronaut', 40)[:20, :18]
     image = write(tmp_path / 'in.png', lr[..., ::-1].copy())
@@ -250,7 +250,7 @@ def test_tile_errors_name_real_flags_and_auto_prints_its_size(tmp_path, checkpoi
     side = int(re.search(r'--tile auto chose (\d+)x\1 LR tiles \(--max-memory 64MB, measured on cpu\)',
                          chosen[0]).group(1))
     model = infer.load_model(checkpoint)
-    assert side == auto_tile_size(model.forward, 3, 64 * 10**6, 'cpu', multiple=model.hooks.pad_multiple)
+    assert side == auto_tile_size(model.forward, 3, 64 * 10**6, 'cpu', multiple=model.pad_multiple)
 
 
 def test_an_output_format_that_drops_alpha_or_depth_is_warned_per_file(tmp_path, checkpoint, capsys):

@@ -14,8 +14,18 @@ import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
 
-from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, bicubic_upscale, derive_options, golden_cases, load_golden,
-                     load_options, photo, psnr_y, run_script)
+from helpers import (
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    bicubic_upscale,
+    derive_options,
+    golden_cases,
+    load_golden,
+    load_options,
+    photo,
+    psnr_y,
+    run_script,
+)
 from sr_arch import infer, prepare
 from sr_arch.archs.labnet_arch import FAMILY, LABNET_SCALES, OFFICIAL_NUM_BLOCKS, LabNet
 from sr_arch.archs.spec import NETWORK_KWARGS_KEY

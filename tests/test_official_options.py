@@ -18,13 +18,12 @@ import cv2
 import pytest
 import torch
 import yaml
-
-import sr_arch  # noqa: F401  (before basicsr)
 from basicsr.models import build_model
 from basicsr.models.realesrnet_model import RealESRNetModel
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 import helpers
+import sr_arch  # noqa: F401  (before basicsr)
 from helpers import REPO_ROOT, bicubic_downsample, deep_update, photo, run_script, write_options
 from sr_arch import errors
 from sr_arch.errors import OptionError, OptionValidationError, SRArchError
@@ -373,7 +372,8 @@ def test_test_py_option_checkpoint_and_data_errors_are_one_line(tmp_path, monkey
         "'filename_tmpl'?)")
     assert not os.path.exists(tmp_path / 'results')
     # a checkpoint and a data error, found after the run started: one line after its log, no traceback
-    for args, expected in ((['path:pretrain_network_g=broken.pth'], 'test: error: broken.pth: refused to load'),
+    for args, expected in ((['path:pretrain_network_g=broken.pth'],
+                            'test: error: broken.pth: not a checkpoint, it is a text file'),
                            (['path:pretrain_network_g=~', "datasets:test_5:filename_tmpl='{}x2'"],
                             f'test: error: {source}: datasets.test_5 (type PairedImageDataset, ')):
         assert test_module.main(['-opt', source, *tiny, *args]) == 1
@@ -468,7 +468,7 @@ def test_every_user_facing_error_is_an_sr_arch_error():
     from sr_arch.utils import checkpoint, detect, dist
 
     classes = [value for value in vars(errors).values() if isinstance(value, type) and issubclass(value, Exception)]
-    assert len(classes) == 15 and all(issubclass(c, SRArchError) for c in classes)
+    assert len(classes) == 17 and all(issubclass(c, SRArchError) for c in classes)
     assert issubclass(errors.OptionError, ValueError) and issubclass(errors.CheckpointError, RuntimeError)
     # the old import locations name the same classes
     assert (checkpoint.CheckpointError, training.NonFiniteError, robust_io.BadImageError, dist.LauncherError,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import TRAIN_PHOTOS, bicubic_downsample, photo, run_script
 
+from helpers import TRAIN_PHOTOS, bicubic_downsample, photo, run_script
 from sr_arch import prepare
 from sr_arch.data.degradations import mod_crop
 from sr_arch.data.prepare import benchmarks, bicubic, gaussian8, lmdb_store, meta_info, subimages

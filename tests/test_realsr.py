@@ -11,11 +11,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import HELDOUT_PHOTOS, TRAIN_PHOTOS, deep_update, derive_options, load_options, photo, run_script
-
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 
+from helpers import HELDOUT_PHOTOS, TRAIN_PHOTOS, deep_update, derive_options, load_options, photo, run_script
 from sr_arch.losses.perceptual_loss import MissingVGGWeightsError, VGGPerceptualLoss
 from sr_arch.utils.checkpoint import CheckpointError, load_checkpoint
 
@@ -223,8 +222,9 @@ def test_vgg_weights_are_read_from_torchvision_cache(tmp_path, monkeypatch):
 
 
 def test_niqe_test_option_file_scores_an_lr_only_folder(tmp_path):
-    from sr_arch.archs.labnet_arch import LabNet
     from basicsr.metrics import calculate_niqe
+
+    from sr_arch.archs.labnet_arch import LabNet
 
     lr_dir = write_photos(str(tmp_path / 'RealWorld38' / 'LR'), ('coffee', 'chelsea'), (64, 60))
     net = LabNet(**{k: v for k, v in TINY_LABNET.items() if k != 'type'})

@@ -13,8 +13,8 @@ import lmdb
 import pytest
 import torch
 
-import sr_arch  # noqa: F401  (before basicsr)
 import helpers
+import sr_arch  # noqa: F401  (before basicsr)
 from helpers import REPO_ROOT, deep_update, make_paired_folder, run_script, write_options
 from sr_arch import train as train_module
 from sr_arch.data.robust_io import BadImageError

@@ -12,9 +12,17 @@ import pytest
 import torch
 from basicsr.models import build_model
 
-from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, assert_matches_golden, derive_options, golden_cases, heldout_psnrs,
-                     load_manifests, load_options, make_paired_folder, photo, pooled_psnr, run_script)
-from sr_arch.archs.layers import plain_formulation
+from helpers import (
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    derive_options,
+    heldout_psnrs,
+    load_options,
+    make_paired_folder,
+    photo,
+    pooled_psnr,
+    run_script,
+)
 from sr_arch.archs.rgt_arch import FAMILY, RGT, min_padded_size, recursion_steps
 from sr_arch.utils.checkpoint import atomic_save, extract_state_dict, load_checkpoint
 from sr_arch.utils.option_validation import validate_options

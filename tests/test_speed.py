@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sr_arch.archs import layers
-from sr_arch.archs.layers import get_attention_backend, plain_formulation, lean_paths_enabled
+from sr_arch.archs.layers import get_attention_backend, lean_paths_enabled, plain_formulation
 
 SPEED_SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'speed.py'
 #: tiny variant -> input (H, W): not the img_size of any persistent mask, not a multiple of the windows

@@ -8,8 +8,15 @@ import numpy as np
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from helpers import (HELDOUT_PHOTOS, TRAIN_PHOTOS, derive_options, load_golden, make_paired_folder, run_script,
-                     upscale_with)
+from helpers import (
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    derive_options,
+    load_golden,
+    make_paired_folder,
+    run_script,
+    upscale_with,
+)
 from sr_arch.utils.checkpoint import atomic_save
 
 

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import sr_arch  # noqa: F401  (before basicsr: compat fixes; this module is also imported by a subprocess)
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+import sr_arch  # noqa: F401  (before basicsr: compat fixes; this module is also imported by a subprocess)
 from helpers import REPO_ROOT, deep_update, make_paired_folder, photo, tiny_options, write_options
 from sr_arch import train as train_module
 from sr_arch.models.training import NonFiniteError

@@ -39,16 +39,32 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from basicsr.utils.registry import ARCH_REGISTRY
-
-from sr_arch.archs.layers import (DerivedTensorCache, DropPath, MaskScratch, MeanShift, ShiftMaskCache, TokenConv2d,
-                                  TokenLinear, UpsampleOneStep, WindowSize, gather_position_bias, grouped_token_linear,
-                                  init_transformer_weights, multihead_window_attention, pad_to_multiple,
-                                  relative_position_index, share_with_submodules, shifted_window_mask, tracing,
-                                  window_partition, window_reverse)
+from sr_arch.archs.layers import (
+    DerivedTensorCache,
+    DropPath,
+    MaskScratch,
+    MeanShift,
+    ShiftMaskCache,
+    TokenConv2d,
+    TokenLinear,
+    UpsampleOneStep,
+    WindowSize,
+    gather_position_bias,
+    grouped_token_linear,
+    init_transformer_weights,
+    multihead_window_attention,
+    pad_to_multiple,
+    relative_position_index,
+    share_with_submodules,
+    shifted_window_mask,
+    tracing,
+    window_partition,
+    window_reverse,
+)
 from sr_arch.archs.spec import FamilySpec, Shapes, group_counts, ratio, shape_of
 
 #: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.

@@ -31,19 +31,33 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from torch import Tensor, nn
-
 from basicsr.archs.rcan_arch import ChannelAttention
 from basicsr.utils.registry import ARCH_REGISTRY
+from torch import Tensor, nn
 
-from sr_arch.archs.layers import (DerivedTensorCache, DropPath, MaskScratch, MeanShift, Mlp, ShiftMaskCache,
-                                  TokenConv2d, TokenLinear, attention, gather_position_bias, init_transformer_weights,
-                                  pad_to_multiple, pixelshuffle_reconstruction, relative_position_index,
-                                  share_with_submodules, to_2tuple, trunc_normal_unless_meta, window_attention,
-                                  window_partition, window_reverse)
-from sr_arch.archs.spec import (FamilySpec, Shapes, group_counts, integer_divisor, pixelshuffle_scale, ratio,
-                                shape_of)
-
+from sr_arch.archs.layers import (
+    DerivedTensorCache,
+    DropPath,
+    MaskScratch,
+    MeanShift,
+    Mlp,
+    ShiftMaskCache,
+    TokenConv2d,
+    TokenLinear,
+    attention,
+    gather_position_bias,
+    init_transformer_weights,
+    pad_to_multiple,
+    pixelshuffle_reconstruction,
+    relative_position_index,
+    share_with_submodules,
+    to_2tuple,
+    trunc_normal_unless_meta,
+    window_attention,
+    window_partition,
+    window_reverse,
+)
+from sr_arch.archs.spec import FamilySpec, Shapes, group_counts, integer_divisor, pixelshuffle_scale, ratio, shape_of
 
 #: value the official code puts on attention logits between tokens of different shifted-window regions
 SHIFT_MASK_FILL = -100.0

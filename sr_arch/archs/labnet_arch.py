@@ -18,9 +18,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from basicsr.utils.registry import ARCH_REGISTRY
+from torch import Tensor, nn
 
 from sr_arch.archs.layers import pad_to_multiple
 from sr_arch.archs.spec import CheckpointConvention, FamilySpec, Shapes, numbered, pixelshuffle_scale, shape_of

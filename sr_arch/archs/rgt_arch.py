@@ -36,16 +36,39 @@ from typing import Any, Sequence
 
 import torch
 import torch.utils.checkpoint
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from basicsr.utils.registry import ARCH_REGISTRY
-
-from sr_arch.archs.layers import (DerivedTensorCache, DropPath, MaskScratch, MeanShift, ShiftMaskCache, TokenConv2d,
-                                  TokenLinear, attention, gather_position_bias, init_transformer_weights, pad_to_size,
-                                  pixelshuffle_reconstruction, relative_position_index, share_with_submodules,
-                                  shifted_window_mask, tracing, window_attention, window_partition, window_reverse)
-from sr_arch.archs.spec import (FamilySpec, Shapes, group_counts, pixelshuffle_scale, ratio,
-                                rectangle_from_counts, shape_of)
+from sr_arch.archs.layers import (
+    DerivedTensorCache,
+    DropPath,
+    MaskScratch,
+    MeanShift,
+    ShiftMaskCache,
+    TokenConv2d,
+    TokenLinear,
+    attention,
+    gather_position_bias,
+    init_transformer_weights,
+    pad_to_size,
+    pixelshuffle_reconstruction,
+    relative_position_index,
+    share_with_submodules,
+    shifted_window_mask,
+    tracing,
+    window_attention,
+    window_partition,
+    window_reverse,
+)
+from sr_arch.archs.spec import (
+    FamilySpec,
+    Shapes,
+    group_counts,
+    pixelshuffle_scale,
+    ratio,
+    rectangle_from_counts,
+    shape_of,
+)
 
 #: Published variants (README / options of the official repo); ``upscale`` is 2, 3 or 4.
 RGT_VARIANTS: dict[str, dict[str, Any]] = {

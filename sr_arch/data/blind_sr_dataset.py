@@ -38,11 +38,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils import data
-
 from basicsr.data.data_util import paths_from_lmdb
 from basicsr.utils import FileClient, imfrombytes, img2tensor, scandir
 from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils import data
 
 from sr_arch.data.degradations import degrade, gaussian_kernel, mod_crop
 from sr_arch.data.gaussian8 import gaussian8_sigmas

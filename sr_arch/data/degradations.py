@@ -11,9 +11,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from basicsr.utils.matlab_functions import imresize
+from torch import Tensor
 
 
 def gaussian_kernel(size: int, sigma_x: float, sigma_y: float | None = None, angle: float = 0.0) -> np.ndarray:

@@ -27,16 +27,15 @@ from typing import Any
 
 import cv2
 import numpy as np
-from torch import Tensor
-from torch.utils import data
-from torchvision.transforms.functional import normalize
-
 from basicsr.data.data_util import paths_from_lmdb
 from basicsr.data.transforms import augment
 from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.color_util import bgr2ycbcr
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
+from torch import Tensor
+from torch.utils import data
+from torchvision.transforms.functional import normalize
 
 #: LR pixels of context kept on each side of the crop before downsampling (bicubic support is 2 LR pixels)
 LR_MARGIN = 2

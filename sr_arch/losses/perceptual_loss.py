@@ -21,12 +21,11 @@ from collections import OrderedDict
 from typing import Mapping
 
 import torch
-from torch import Tensor, nn
-
 from basicsr.archs import vgg_arch
 from basicsr.archs.vgg_arch import NAMES, VGGFeatureExtractor, insert_bn
 from basicsr.losses.basic_loss import PerceptualLoss
 from basicsr.utils.registry import LOSS_REGISTRY
+from torch import Tensor, nn
 
 from sr_arch.errors import CheckpointError, MissingVGGWeightsError, OptionError
 from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint

@@ -27,7 +27,7 @@ from sr_arch.archs import find_family_spec
 from sr_arch.archs.layers import pad_to_multiple, pad_to_size
 from sr_arch.archs.spec import SizeRules
 from sr_arch.utils.results import DatasetResult, ImageResult
-from sr_arch.utils.tiling import Forward, Tiler, TileOptions
+from sr_arch.utils.tiling import Forward, TileOptions, Tiler
 
 #: the x8 dihedral group as (transpose H/W, flip W, flip H), applied in that order
 ENSEMBLE_TRANSFORMS = tuple((bool(k & 4), bool(k & 1), bool(k & 2)) for k in range(8))
@@ -166,10 +166,9 @@ class InferenceMixin:
         Averages go to ``self.metric_results`` (best-metric bookkeeping and logging as in basicsr);
         the per-image records to ``self.validation_results[dataset_name]``.
         """
-        from tqdm import tqdm
-
         from basicsr.metrics import calculate_metric
         from basicsr.utils import imwrite, tensor2img
+        from tqdm import tqdm
 
         dataset_name = dataloader.dataset.opt['name']
         metrics_opt = self.validation_metrics()

@@ -27,13 +27,12 @@ from collections import OrderedDict
 from typing import Any, Mapping
 
 import torch
-from torch import Tensor
-
 from basicsr.losses.loss_util import get_refined_artifact_map
 from basicsr.models.realesrgan_model import RealESRGANModel
 from basicsr.models.realesrnet_model import RealESRNetModel
 from basicsr.utils import DiffJPEG, USMSharp
 from basicsr.utils.registry import MODEL_REGISTRY
+from torch import Tensor
 
 from sr_arch.errors import RealDegradationError
 from sr_arch.models.hat_model import HATModel

@@ -22,7 +22,6 @@ import torch
 
 from sr_arch.errors import CheckpointError
 
-
 #: leading bytes -> what a file that is not a checkpoint is
 _SIGNATURES = ((b'\x89PNG\r\n\x1a\n', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (b'GIF8', 'a GIF image'),
                (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'), (b'BM', 'a BMP image'),

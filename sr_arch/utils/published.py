@@ -9,7 +9,6 @@ the published row beside ours. Set names are canonical (``Set5, Set14, B100, Urb
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import re
 from dataclasses import dataclass, field

@@ -1,9 +1,8 @@
 """Weight initialisation shared by the transformer networks."""
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from basicsr.archs.arch_util import trunc_normal_
+from torch import Tensor, nn
 
 
 def trunc_normal_unless_meta(tensor: Tensor, std: float = 0.02) -> None:

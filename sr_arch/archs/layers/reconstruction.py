@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
-
 from basicsr.archs.arch_util import Upsample
 from basicsr.archs.swinir_arch import UpsampleOneStep
+from torch import Tensor, nn
 
 __all__ = ['DIV2K_RGB_MEAN', 'MeanShift', 'Upsample', 'UpsampleOneStep', 'pixelshuffle_reconstruction']
 

@@ -5,9 +5,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from basicsr.archs.arch_util import to_2tuple
+from torch import Tensor
 
 WindowSize = tuple[int, int]
 

@@ -35,9 +35,19 @@ import numpy as np
 
 from sr_arch.data.degradations import mod_crop
 from sr_arch.data.prepare.bicubic import downsample
-from sr_arch.data.prepare.common import (BadImages, CorruptImageError, PrepareError, StagedOutput, add_common_arguments,
-                                         is_image_file, plural, positive_int, read_image, run_tasks,
-                                         write_png)
+from sr_arch.data.prepare.common import (
+    BadImages,
+    CorruptImageError,
+    PrepareError,
+    StagedOutput,
+    add_common_arguments,
+    is_image_file,
+    plural,
+    positive_int,
+    read_image,
+    run_tasks,
+    write_png,
+)
 
 #: our folder name -> lower-case folder names of common downloads
 BENCHMARK_SETS: dict[str, tuple[str, ...]] = {

@@ -17,9 +17,21 @@ from typing import Sequence
 import numpy as np
 
 from sr_arch.data.degradations import mod_crop
-from sr_arch.data.prepare.common import (BadImages, CorruptImageError, PrepareError, StagedOutput, add_common_arguments,
-                                         bicubic_resize, format_path_template, list_images, plural,
-                                         positive_int, read_image, run_tasks, write_png)
+from sr_arch.data.prepare.common import (
+    BadImages,
+    CorruptImageError,
+    PrepareError,
+    StagedOutput,
+    add_common_arguments,
+    bicubic_resize,
+    format_path_template,
+    images_by_stem,
+    plural,
+    positive_int,
+    read_image,
+    run_tasks,
+    write_png,
+)
 
 
 @dataclass
@@ -79,14 +91,7 @@ def generate_bicubic(input_dir: str, output: str, scales: Sequence[int] = (2, 3,
         if template and len(scales) > 1 and '{s}' not in template:
             raise PrepareError(f'{option} {template!r} needs the placeholder {{s}} when several scales are given '
                                f'({scales}), e.g. {template}_x{{s}}')
-    names: dict[str, str] = {}
-    for rel in list_images(input_dir, recursive):
-        name = os.path.splitext(rel)[0]
-        if name in names:
-            raise PrepareError(f'{input_dir}: {names[name]} and {rel} would both give {name}.png')
-        names[name] = rel
-    if not names:
-        raise PrepareError(f'no images found in {input_dir}')
+    names = images_by_stem(input_dir, recursive)
 
     result = BicubicResult(outputs={s: format_path_template(output, s, '--output') for s in scales},
                            bad=BadImages(on_error))

@@ -66,6 +66,24 @@ def list_images(folder: str, recursive: bool = False) -> list[str]:
     return sorted(found)
 
 
+def images_by_stem(folder: str, recursive: bool = False) -> dict[str, str]:
+    """Output name (relative path without extension) -> image file relative to ``folder``, sorted by name.
+
+    Raises:
+        PrepareError: the folder has no image, or two files would give the same output name (``a.png`` and
+            ``a.jpg``).
+    """
+    names: dict[str, str] = {}
+    for rel in list_images(folder, recursive):
+        name = os.path.splitext(rel)[0]
+        if name in names:
+            raise PrepareError(f'{folder}: {names[name]} and {rel} would both give {name}.png')
+        names[name] = rel
+    if not names:
+        raise PrepareError(f'no images found in {folder}')
+    return names
+
+
 def _jpeg_is_complete(data: bytes) -> bool:
     """False for a JPEG stream cut short (some OpenCV builds decode those silently as grey)."""
     if data.rstrip(b'\x00\r\n ')[-2:] == b'\xff\xd9':

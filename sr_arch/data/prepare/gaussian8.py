@@ -25,8 +25,18 @@ import torch
 
 from sr_arch.data.degradations import degrade, gaussian_kernel, mod_crop
 from sr_arch.data.gaussian8 import BENCHMARK_SETS, GAUSSIAN8_RANGES, KERNEL_SIZE, gaussian8_sigmas, width_tag
-from sr_arch.data.prepare.common import (BadImages, CorruptImageError, PrepareError, StagedOutput, add_common_arguments,
-                                         list_images, plural, read_image, run_tasks, write_png)
+from sr_arch.data.prepare.common import (
+    BadImages,
+    CorruptImageError,
+    PrepareError,
+    StagedOutput,
+    add_common_arguments,
+    images_by_stem,
+    plural,
+    read_image,
+    run_tasks,
+    write_png,
+)
 
 
 @dataclass
@@ -72,15 +82,7 @@ def _degrade_one(task: _Task) -> tuple[str, CorruptImageError | None]:
 
 def _sources(hr_folder: str) -> dict[str, str]:
     """Output name -> HR file of one set; two files giving the same name are refused."""
-    names: dict[str, str] = {}
-    for rel in list_images(hr_folder):
-        name = os.path.splitext(rel)[0]
-        if name in names:
-            raise PrepareError(f'{hr_folder}: {names[name]} and {rel} would both give {name}.png')
-        names[name] = rel
-    if not names:
-        raise PrepareError(f'no images found in {hr_folder}')
-    return {name: os.path.join(hr_folder, rel) for name, rel in names.items()}
+    return {name: os.path.join(hr_folder, rel) for name, rel in images_by_stem(hr_folder).items()}
 
 
 def generate_gaussian8(input_root: str, output_root: str, scales: Sequence[int] = (2, 3, 4),

@@ -25,9 +25,20 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from sr_arch.data.prepare.common import (BadImages, CorruptImageError, PrepareError, StagedOutput, add_common_arguments,
-                                         decode_image, encode_png, image_shape, list_images, plural, read_image,
-                                         run_tasks)
+from sr_arch.data.prepare.common import (
+    BadImages,
+    CorruptImageError,
+    PrepareError,
+    StagedOutput,
+    add_common_arguments,
+    decode_image,
+    encode_png,
+    image_shape,
+    list_images,
+    plural,
+    read_image,
+    run_tasks,
+)
 
 META_INFO = 'meta_info.txt'
 _COMMIT_BYTES = 64 << 20

@@ -20,8 +20,17 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from sr_arch.data.prepare.common import (CorruptImageError, PrepareError, add_common_arguments, atomic_write_text,
-                                         image_shape, list_images, plural, read_image, run_tasks)
+from sr_arch.data.prepare.common import (
+    CorruptImageError,
+    PrepareError,
+    add_common_arguments,
+    atomic_write_text,
+    image_shape,
+    list_images,
+    plural,
+    read_image,
+    run_tasks,
+)
 
 _SKIP_SMALL = 'smaller than --min-size'
 _SKIP_UNREADABLE = 'unreadable'

@@ -29,9 +29,19 @@ from typing import Sequence
 
 import numpy as np
 
-from sr_arch.data.prepare.common import (BadImages, CorruptImageError, PrepareError, StagedOutput, add_common_arguments,
-                                         list_images, plural, positive_int, read_image, run_tasks, write_png)
-
+from sr_arch.data.prepare.common import (
+    BadImages,
+    CorruptImageError,
+    PrepareError,
+    StagedOutput,
+    add_common_arguments,
+    list_images,
+    plural,
+    positive_int,
+    read_image,
+    run_tasks,
+    write_png,
+)
 
 #: LR scales whose sub-images ``misaligned_scales`` checks against an HR run's
 CHECKED_SCALES = (2, 3, 4)
