@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     import sr_arch  # noqa: F401  (registries, compat fixes)
-    from sr_arch.data.prepare.common import PrepareError, atomic_write_text
+    from sr_arch.data.prepare.common import PrepareError
+    from sr_arch.utils.files import atomic_write_text
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from sr_arch.errors import InferenceError
+from sr_arch.utils.files import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp')
 _EIGHT_BIT_ONLY = ('.jpg', '.jpeg', '.webp', '.bmp')
 _NO_ALPHA = ('.jpg', '.jpeg')
 #: TileOptions keys -> the flags of this command (error messages name what the user can type)

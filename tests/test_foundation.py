@@ -1,6 +1,8 @@
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from helpers import REPO_ROOT
@@ -87,3 +89,23 @@ def test_cli_lists_commands():
     assert out.returncode == 0
     for command in ('train', 'test', 'infer', 'prepare', 'profile', 'demo'):
         assert command in out.stdout
+
+
+def test_every_atomic_write_leaves_a_complete_file_with_umask_permissions(tmp_path):
+    from sr_arch.utils.files import atomic_write, atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        path = str(tmp_path / 'out' / 'summary.md')
+        atomic_write_text(path, 'first')
+        assert open(path).read() == 'first' and os.stat(path).st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+        def failing(f):
+            f.write(b'half')
+            raise OSError('disk full')
+
+        with pytest.raises(OSError, match='disk full'):
+            atomic_write(path, failing)
+        assert open(path).read() == 'first' and os.listdir(tmp_path / 'out') == ['summary.md']  # no temp file left
+    finally:
+        os.umask(previous)

@@ -37,10 +37,11 @@ from torch import Tensor
 from torch.utils import data
 from torchvision.transforms.functional import normalize
 
+from sr_arch.utils.files import IMAGE_EXTENSIONS
+
 #: LR pixels of context kept on each side of the crop before downsampling (bicubic support is 2 LR pixels)
 LR_MARGIN = 2
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
 
 
 def bicubic_lr(img_gt: np.ndarray, scale: int) -> np.ndarray:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -21,6 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from sr_arch.errors import CheckpointError
+from sr_arch.utils.files import atomic_write
 
 #: leading bytes -> what a file that is not a checkpoint is
 _SIGNATURES = ((b'\x89PNG\r\n\x1a\n', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (b'GIF8', 'a GIF image'),
@@ -164,25 +164,6 @@ def extract_state_dict(checkpoint: Any, param_key: str | None = 'params_ema', so
     return state
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; checkpoints are shared files
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    """``torch.save`` to ``path`` through a temporary file, fsync and an atomic rename (``utils.files``)."""
+    atomic_write(path, lambda f: torch.save(obj, f), sync=True)

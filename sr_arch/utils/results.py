@@ -28,6 +28,8 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 
+from sr_arch.utils.files import atomic_write_text
+
 #: how metrics are named in table headers
 METRIC_TITLES = {'psnr': 'PSNR (dB)', 'ssim': 'SSIM', 'niqe': 'NIQE'}
 
@@ -145,13 +147,6 @@ def per_image_dict(datasets: list[DatasetResult]) -> dict[str, dict[str, dict[st
             for dataset in datasets}
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp_path = f'{path}.tmp'
-    with open(tmp_path, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp_path, path)
-
-
 def write_results(folder: str, datasets: list[DatasetResult], title: str | None = None) -> dict[str, str]:
     """Write the five result files into ``folder``; returns ``{kind: path}``."""
     os.makedirs(folder, exist_ok=True)
@@ -165,7 +160,7 @@ def write_results(folder: str, datasets: list[DatasetResult], title: str | None 
     paths = {}
     for filename, text in contents.items():
         paths[filename] = os.path.join(folder, filename)
-        _write_text(paths[filename], text)
+        atomic_write_text(paths[filename], text)
     return paths
 
 
@@ -185,8 +180,8 @@ def write_set_averages(folder: str, averages: dict[str, dict[str, float]], headi
               for name, values in averages.items()]
     paths = {'summary_by_set.json': os.path.join(folder, 'summary_by_set.json'),
              'summary_by_set.csv': os.path.join(folder, 'summary_by_set.csv')}
-    _write_text(paths['summary_by_set.json'], json.dumps(averages, indent=2) + '\n')
-    _write_text(paths['summary_by_set.csv'], out.getvalue())
+    atomic_write_text(paths['summary_by_set.json'], json.dumps(averages, indent=2) + '\n')
+    atomic_write_text(paths['summary_by_set.csv'], out.getvalue())
     markdown = os.path.join(folder, 'summary.md')
     with open(markdown, 'a', encoding='utf-8') as f:
         f.write('\n'.join(lines) + '\n')
@@ -253,7 +248,7 @@ def write_paper_table(folder: str, rows: list[PaperRow], sets: list[str], title:
     """``paper.md`` (the table) and ``paper.json`` (``{"sets": [...], "rows": [...]}``) in ``folder``."""
     os.makedirs(folder, exist_ok=True)
     paths = {'paper.md': os.path.join(folder, 'paper.md'), 'paper.json': os.path.join(folder, 'paper.json')}
-    _write_text(paths['paper.md'], paper_table(rows, sets, title))
-    _write_text(paths['paper.json'], json.dumps({'title': title, 'sets': sets, 'rows': [asdict(r) for r in rows]},
+    atomic_write_text(paths['paper.md'], paper_table(rows, sets, title))
+    atomic_write_text(paths['paper.json'], json.dumps({'title': title, 'sets': sets, 'rows': [asdict(r) for r in rows]},
                                                 indent=2, ensure_ascii=False) + '\n')
     return paths

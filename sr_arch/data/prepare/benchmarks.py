@@ -41,13 +41,13 @@ from sr_arch.data.prepare.common import (
     PrepareError,
     StagedOutput,
     add_common_arguments,
-    is_image_file,
     plural,
     positive_int,
     read_image,
     run_tasks,
     write_png,
 )
+from sr_arch.utils.files import is_image_file
 
 #: our folder name -> lower-case folder names of common downloads
 BENCHMARK_SETS: dict[str, tuple[str, ...]] = {

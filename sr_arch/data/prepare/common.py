@@ -20,7 +20,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -29,14 +28,12 @@ import numpy as np
 from tqdm import tqdm
 
 from sr_arch.errors import CorruptImageError, PrepareError
+from sr_arch.utils.files import TEMP_SUFFIX, atomic_write_bytes, atomic_write_text, is_image_file
 
-#: file name endings (lower case) treated as images when scanning a folder
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
 ON_ERROR_CHOICES = ('stop', 'skip')
 PARTIAL_SUFFIX = '.partial'
 SETTINGS_FILE = '.prepare.json'
 DONE_FILE = '.prepare.done'
-_TEMP_SUFFIX = '.tmp'
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -46,10 +43,6 @@ _TEMP_SUFFIX = '.tmp'
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     """``1 image``, ``2 images`` (``plural_form`` for irregular nouns)."""
     return f'{count} {noun if count == 1 else plural_form or noun + "s"}'
-
-
-def is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def list_images(folder: str, recursive: bool = False) -> list[str]:
@@ -134,25 +127,6 @@ def encode_png(img: np.ndarray, compression_level: int = 3) -> bytes:
     return buf.tobytes()
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a hidden temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix=_TEMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode('utf-8'))
-
-
 def write_png(path: str, img: np.ndarray, compression_level: int = 3) -> None:
     atomic_write_bytes(path, encode_png(img, compression_level))
 
@@ -221,7 +195,7 @@ class BadImages:
 def clean_temp_files(folder: str) -> None:
     """Remove the hidden temporary files an interrupted ``atomic_write_bytes`` may have left."""
     for name in os.listdir(folder):
-        if name.startswith('.') and name.endswith(_TEMP_SUFFIX):
+        if name.startswith('.') and name.endswith(TEMP_SUFFIX):
             os.remove(os.path.join(folder, name))
 
 

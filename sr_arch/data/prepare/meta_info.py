@@ -24,13 +24,13 @@ from sr_arch.data.prepare.common import (
     CorruptImageError,
     PrepareError,
     add_common_arguments,
-    atomic_write_text,
     image_shape,
     list_images,
     plural,
     read_image,
     run_tasks,
 )
+from sr_arch.utils.files import atomic_write_text
 
 _SKIP_SMALL = 'smaller than --min-size'
 _SKIP_UNREADABLE = 'unreadable'
