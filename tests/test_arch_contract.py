@@ -22,8 +22,6 @@ from sr_arch.archs.layers import plain_formulation
 from sr_arch.archs.spec import published_name
 from sr_arch.utils.detect import detect_architecture, state_dict_shapes
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
 FAMILY_NAMES = sorted(FAMILIES)
 GOLDEN_CASES = sorted(case for family in FAMILY_NAMES for case in golden_cases(family))
 MANIFESTS = load_manifests()

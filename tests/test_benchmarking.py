@@ -29,8 +29,6 @@ from sr_arch.archs.bicubic_arch import Bicubic, matlab_resize
 from sr_arch.utils.checkpoint import atomic_save
 from sr_arch.utils.options import OptionError
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
 
 def to_chw(img_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img_uint8.astype(np.float32) / 255.0).permute(2, 0, 1)

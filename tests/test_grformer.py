@@ -27,9 +27,6 @@ SCALES = (2, 3, 4)
 TINY = dict(img_size=32, embed_dim=24, depths=[4], num_heads=[2], window_size=[4, 8], mlp_ratio=2)
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
-
 def tiny_grformer(upscale: int = 2, **overrides) -> GRFormer:
     return GRFormer(**{**TINY, 'upscale': upscale, **overrides})
 

@@ -53,9 +53,6 @@ REAL_WORLD_FILES = {'train_Real_HAT_SRx4_mse_model.yml', 'train_Real_HAT_GAN_SRx
                     'test_HAT_GAN_Real_SRx4.yml'}
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
-
 def to_tensor(img_rgb_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img_rgb_uint8)).permute(2, 0, 1).float()[None] / 255.0
 

@@ -24,7 +24,16 @@ from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 import helpers
 import sr_arch  # noqa: F401  (before basicsr)
-from helpers import REPO_ROOT, bicubic_downsample, deep_update, photo, run_script, write_options
+from helpers import (
+    ONE_THREAD,
+    REPO_ROOT,
+    SUBPROCESS_TIMEOUT,
+    bicubic_downsample,
+    deep_update,
+    photo,
+    run_script,
+    write_options,
+)
 from sr_arch import errors
 from sr_arch.errors import OptionError, OptionValidationError, SRArchError
 from sr_arch.utils.official_options import resolve_official_names
@@ -33,9 +42,6 @@ from sr_arch.utils.option_validation import max_typo_distance, model_keys, near_
 from sr_arch.utils.options import parse_options, read_option_file, resolve_num_gpu
 
 FIXTURES = os.path.join(REPO_ROOT, 'tests', 'fixtures', 'official')
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}
-
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def fixture(name: str) -> str:
@@ -365,8 +371,7 @@ def test_test_py_option_checkpoint_and_data_errors_are_one_line(tmp_path, monkey
     typo.write_text(open(source).read().replace("filename_tmpl: '{}_LRBI_x2'", "filename_tmpel: '{}_LRBI_x2'"))
     (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
     # an option error: the message alone, before anything is logged or created (the real command line)
-    proc = run_script('test.py', ['-opt', str(typo), *tiny, 'path:pretrain_network_g=~'], str(tmp_path), check=False,
-                      env=ONE_THREAD)
+    proc = run_script('test.py', ['-opt', str(typo), *tiny, 'path:pretrain_network_g=~'], str(tmp_path), check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         f"test: error: {typo}: datasets.test_5.filename_tmpel: unknown key for PairedImageDataset (did you mean "
         "'filename_tmpl'?)")
@@ -455,8 +460,8 @@ def test_no_import_cycles_and_no_lazy_first_party_imports_in_option_modules():
     assert cycles == []
     # and the module that was in the cycle imports first in a fresh interpreter
     proc = subprocess.run([sys.executable, '-c', 'import sr_arch.utils.option_validation'], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO_ROOT,
-                                                                                **ONE_THREAD))
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT, **ONE_THREAD))
     assert proc.returncode == 0, proc.stderr
 
 
@@ -484,7 +489,7 @@ def test_every_user_facing_error_is_an_sr_arch_error():
 def test_a_typo_stops_the_official_file_before_any_folder(tmp_path):
     source = tmp_path / 'train_RGT_x2.yml'
     source.write_text(open(fixture('RGT_train_x2.yml')).read().replace('gt_size: 128', 'gt_szie: 128'))
-    proc = run_script('train.py', ['-opt', str(source)], str(tmp_path), check=False, env=ONE_THREAD)
+    proc = run_script('train.py', ['-opt', str(source)], str(tmp_path), check=False)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"train: error: {source}: datasets.train.gt_szie: unknown key for PairedImageDataset (did you mean 'gt_size'?)",
@@ -507,12 +512,12 @@ def test_official_rgt_x2_train_and_test_files_run(tmp_path):
     write_benchmarks(os.path.join(root, 'datasets'), 2, manga_lr_name='{}_LRBI_x2')
     train = run_script('train.py', ['-opt', fixture('RGT_train_x2.yml'), *force(
         train__total_iter=2, datasets__train__gt_size=64, datasets__train__batch_size_per_gpu=2,
-        datasets__train__num_worker_per_gpu=0, **RGT_SIZES)], root, env=ONE_THREAD)
+        datasets__train__num_worker_per_gpu=0, **RGT_SIZES)], root)
     assert len(output_lines(train, 'warning: ')) == 2 and 'datasets.train.task: ignored' in train.stdout
     weights = os.path.join(root, 'experiments', 'train_RGT_x2_P64_DF2K_B8G4_tain', 'models', 'net_g_latest.pth')
     assert os.path.isfile(weights)
     test = run_script('test.py', ['-opt', fixture('RGT_test_x2.yml'), *force(path__pretrain_network_g=weights,
-                                                                             **RGT_SIZES)], root, env=ONE_THREAD)
+                                                                             **RGT_SIZES)], root)
     assert output_lines(test, 'note: ') == [f"note: {fixture('RGT_test_x2.yml')}: num_gpu: 1 but 0 GPU(s) are "
                                             'visible; testing on the CPU']
     summary = json.loads(open(os.path.join(root, 'results', 'test_RGT_x2', 'summary.json')).read())
@@ -534,12 +539,12 @@ def test_official_grformer_light_x2_train_and_test_files_run(tmp_path):
     write_benchmarks(str(tmp_path / 'datasets'), 2)
     train = run_script('train.py', ['-opt', fixture('GRFormer_train_light_x2.yml'), *force(
         num_gpu=0, train__total_iter=2, datasets__train__gt_size=64, datasets__train__batch_size_per_gpu=2,
-        datasets__train__num_worker_per_gpu=0, **GRFORMER_SIZES)], str(run), env=ONE_THREAD)
+        datasets__train__num_worker_per_gpu=0, **GRFORMER_SIZES)], str(run))
     assert output_lines(train, 'warning: ') == [f"warning: {fixture('GRFormer_train_light_x2.yml')}: print_network: "
                                                 'ignored (not read by sr-arch or GRModel)']
     weights = run / 'experiments' / 'train_GRFormer_SRx2_scratch' / 'models' / 'net_g_latest.pth'
     test = run_script('test.py', ['-opt', fixture('GRFormer_test_light_x2.yml'), *force(
-        path__pretrain_network_g=str(weights), **GRFORMER_SIZES)], str(run), env=ONE_THREAD)
+        path__pretrain_network_g=str(weights), **GRFORMER_SIZES)], str(run))
     warnings = output_lines(test, 'warning: ')
     assert warnings[0] == (f"warning: {fixture('GRFormer_test_light_x2.yml')}:39: datasets.test_4 is given again "
                            '(first at line 32); YAML keeps only the last one, the first (name: Urban100) is ignored')
@@ -554,7 +559,7 @@ def test_official_real_hat_mse_file_runs(tmp_path):
                     str(tmp_path / 'hat' / 'data' / 'meta_info' / 'meta_info_DFOsub_GT.txt'))
     proc = run_script('train.py', ['-opt', fixture('HAT_train_Real_mse_x4.yml'), *force(
         train__total_iter=2, gt_size=64, datasets__train__batch_size_per_gpu=1, datasets__train__num_worker_per_gpu=0,
-        network_g__embed_dim=30, network_g__depths='[1]', network_g__num_heads='[2]')], str(tmp_path), env=ONE_THREAD)
+        network_g__embed_dim=30, network_g__depths='[1]', network_g__num_heads='[2]')], str(tmp_path))
     assert "datasets.train.meta_info_file: read as meta_info (RealESRGANDataset reads meta_info" in proc.stdout
     saved = torch.load(tmp_path / 'experiments' / 'train_Real_HAT_mse_model' / 'models' / 'net_g_latest.pth',
                        weights_only=True)
@@ -576,7 +581,7 @@ def test_official_tmm25_train_labnet_x4_file_runs(tmp_path):
         datasets__train__meta_info=tmp_path / 'meta_info_DF2Kmultiscale.txt',
         datasets__val__dataroot_gt=tmp_path / 'Set5' / 'HR', datasets__val__dataroot_lq=tmp_path / 'Set5' / 'LRblur',
         train__total_iter=2, gt_size=64, datasets__train__num_worker_per_gpu=0, network_g__nf=16,
-        network_g__num_blocks='[1,1,1,1,1,1]')], str(tmp_path), env=ONE_THREAD)
+        network_g__num_blocks='[1,1,1,1,1,1]')], str(tmp_path))
     notes = output_lines(proc, 'note: ')
     assert [re.sub(r' \(.*', '', line.split(': ', 2)[2]) for line in notes] == [
         'network_g.type: LabNetGAN runs as LabNet',

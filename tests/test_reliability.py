@@ -22,11 +22,6 @@ from sr_arch.utils.checkpoint import extract_state_dict, load_checkpoint
 from sr_arch.utils.option_validation import option_problems
 from sr_arch.utils.options import OptionError, load_yaml, parse_options
 
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}
-
-
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
 
 @pytest.fixture(scope='module')
 def paired(tmp_path_factory) -> tuple[str, str]:
@@ -124,7 +119,7 @@ def test_missing_paths_and_option_file_are_one_line(tmp_path, paired):
         parse_options(str(tmp_path), True, ['-opt', nowhere + '.yml'])
     # through the command line: exit status 1 and the one line on stderr, no traceback
     bad = write_options(tmp_path, deep_update(base, {'network_g': {'type': 'MSRResNett'}}), 'cli.yml')
-    proc = run_script('train.py', ['-opt', bad], str(tmp_path), check=False, env=ONE_THREAD)
+    proc = run_script('train.py', ['-opt', bad], str(tmp_path), check=False)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert proc.stderr.strip() == (f"train: error: {bad}: network_g.type: 'MSRResNett' is not a registered "
                                    "architecture (did you mean 'MSRResNet'?)")

@@ -33,9 +33,6 @@ TINY = dict(embed_dim=24, depth=[2, 2], num_heads=[2, 2], mlp_ratio=2, split_siz
 TRAIN_ITERS, TRAIN_LR = 700, 1e-3
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
-
 def rgt_model(network: dict, scale: int, path: dict | None = None, **extra):
     """An RGTModel in test mode on the CPU (basicsr's build_model, as test.py builds it)."""
     opt = dict(model_type='RGTModel', name='rgt_test', scale=scale, num_gpu=0, is_train=False, dist=False,

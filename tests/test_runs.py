@@ -20,8 +20,6 @@ from sr_arch import train as train_module
 from sr_arch.data.robust_io import PairScaleError, RobustDataset
 from sr_arch.utils.options import OptionError, apply_force_yml, build_arg_parser, parse_options
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
-
 
 @pytest.fixture(scope='module')
 def paired(tmp_path_factory) -> tuple[str, str]:
@@ -66,7 +64,7 @@ def test_failed_starts_change_nothing_and_auto_resume_continues_the_same_folder(
 
     # an empty value on the real command line: one line, no traceback, nothing renamed or created
     proc = run_script('train.py', ['-opt', write_options(tmp_path, opt), '--force_yml', 'train:optim_g:lr='],
-                      cwd=str(tmp_path), check=False, env={'OMP_NUM_THREADS': '1'})
+                      cwd=str(tmp_path), check=False)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "train: error: --force_yml 'train:optim_g:lr=': empty value; give one, or ~ for none"]

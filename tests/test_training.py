@@ -24,7 +24,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import sr_arch  # noqa: F401  (before basicsr: compat fixes; this module is also imported by a subprocess)
-from helpers import REPO_ROOT, deep_update, make_paired_folder, photo, tiny_options, write_options
+from helpers import (
+    ONE_THREAD,
+    REPO_ROOT,
+    SUBPROCESS_TIMEOUT,
+    deep_update,
+    make_paired_folder,
+    photo,
+    tiny_options,
+    write_options,
+)
 from sr_arch import train as train_module
 from sr_arch.models.training import NonFiniteError
 from sr_arch.utils.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint
@@ -60,9 +69,6 @@ class TrainingTestDropoutNet(nn.Module):
         else:
             body = self.body(x)
         return self.shuffle(body) + F.interpolate(x, scale_factor=self.upscale, mode='nearest')
-
-
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
@@ -428,9 +434,9 @@ def test_sigkill_then_auto_resume_equals_uninterrupted_run(tmp_path, paired):
     # the interrupted run loads with 2 worker processes, the others in the main process: same samples
     yml = write_options(killed_root, deep_update(resume_options(paired, 'resume'),
                                                  {'datasets': {'train': {'num_worker_per_gpu': 2}}}))
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, **ONE_THREAD)
     proc = subprocess.run([sys.executable, '-c', _KILL_RUNNER.format(tests=TESTS_DIR, kill_at=8), '-opt', yml],
-                          cwd=str(killed_root), env=env, capture_output=True, text=True, timeout=300)
+                          cwd=str(killed_root), env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     experiment = killed_root / 'experiments' / 'resume'
     assert sorted(os.listdir(experiment / 'training_states')) == ['4.state', '8.state']
@@ -475,7 +481,8 @@ def test_auto_resume_never_picks_a_half_written_checkpoint(tmp_path):
     atomic_save(net, str(models / 'net_g_8.pth'))
     module = os.path.join(REPO_ROOT, 'sr_arch', 'utils', 'checkpoint.py')
     proc = subprocess.run([sys.executable, '-c', _KILL_IN_ATOMIC_SAVE.format(module=module), str(states / '8.state')],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+                          env=dict(os.environ, **ONE_THREAD))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     leftovers = [p for p in os.listdir(states) if p.endswith('.tmp')]
     assert leftovers and not (states / '8.state').exists()
