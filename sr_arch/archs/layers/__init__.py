@@ -16,7 +16,7 @@ from sr_arch.archs.layers.attention_ops import (PLAIN_SCORES_LIMIT, add_shift_ma
                                             window_attention)
 from sr_arch.archs.layers.caches import DerivedTensorCache, MaskScratch, ShiftMaskCache, share_with_submodules
 from sr_arch.archs.layers.context import (ATTENTION_BACKENDS, attention_backend, get_attention_backend,
-                                          lean_paths_enabled, plain_formulation, tracing)
+                                          lean_paths_enabled, plain_formulation, symbolic, tracing)
 from sr_arch.archs.layers.init import init_transformer_weights, trunc_normal_unless_meta
 from sr_arch.archs.layers.kernels import Mlp, TokenConv2d, TokenLinear, grouped_token_linear, linear_as_conv1x1
 from sr_arch.archs.layers.reconstruction import (DIV2K_RGB_MEAN, MeanShift, Upsample, UpsampleOneStep,
@@ -30,6 +30,6 @@ __all__ = [
     'WindowSize', 'add_shift_mask', 'attention', 'attention_backend', 'get_attention_backend',
     'gather_position_bias', 'grouped_token_linear', 'init_transformer_weights', 'lean_paths_enabled', 'linear_as_conv1x1',
     'multihead_window_attention', 'pad_to_multiple', 'pad_to_size', 'plain_formulation', 'relative_position_index',
-    'share_with_submodules', 'shifted_window_mask', 'to_2tuple', 'trunc_normal_', 'trunc_normal_unless_meta',
+    'share_with_submodules', 'shifted_window_mask', 'symbolic', 'to_2tuple', 'trunc_normal_', 'trunc_normal_unless_meta',
     'tracing', 'window_attention', 'window_partition', 'window_reverse',
 ]
