@@ -23,8 +23,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from spandrel import (MAIN_REGISTRY, ArchRegistry, ArchSupport, Architecture, ImageModelDescriptor, ModelTiling,
-                      SizeRequirements)
+from spandrel import (
+    MAIN_REGISTRY,
+    Architecture,
+    ArchRegistry,
+    ArchSupport,
+    ImageModelDescriptor,
+    ModelTiling,
+    SizeRequirements,
+)
 from torch import Tensor, nn
 
 from sr_arch.archs import FAMILIES

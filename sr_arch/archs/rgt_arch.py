@@ -354,8 +354,10 @@ class RecursiveGeneralizationAttention(nn.Module):
 
         A graph cannot loop a size-dependent number of times, so it attends to the map after 2 reductions, 3, ...
         ``TRACED_MAX_RECURSION_STEPS`` and keeps, with ``torch.where``, the one ``recursion_steps`` picks for
-        this size (the extra attentions have 1/16, 1/256 ... of the keys). Maps too small for another reduction
-        are zero-padded to 4 px first; such candidates are never the selected one.
+        this size (the extra attentions have 1/16, 1/256 ... of the keys). Before each extra reduction the map
+        gets 3 zero rows and columns, so even a map smaller than the 4x4 kernel yields a cell, and the result
+        is cropped to ``max(side // 4, 1)``: for maps of at least 4 px (all a selected candidate sees) that is
+        exactly the unpadded reduction.
         """
         summary = image
         for _ in range(2):
@@ -364,8 +366,8 @@ class RecursiveGeneralizationAttention(nn.Module):
         long_side = torch.full((), torch.sym_max(height, width), device=q.device)
         for steps in range(3, TRACED_MAX_RECURSION_STEPS + 1):
             small_h, small_w = summary.shape[-2:]
-            summary = nn.functional.pad(summary, (0, torch.sym_max(4 - small_w, 0), 0, torch.sym_max(4 - small_h, 0)))
-            summary = self.reduction1(summary)
+            reduced = self.reduction1(nn.functional.pad(summary, (0, 3, 0, 3)))
+            summary = reduced[..., :torch.sym_max(small_h // 4, 1), :torch.sym_max(small_w // 4, 1)]
             out = torch.where(long_side >= _eval_step_threshold(steps), self._attend(q, summary), out)
         return out
 

@@ -30,6 +30,6 @@ __all__ = [
     'WindowSize', 'add_shift_mask', 'attention', 'attention_backend', 'get_attention_backend',
     'gather_position_bias', 'grouped_token_linear', 'init_transformer_weights', 'lean_paths_enabled', 'linear_as_conv1x1',
     'multihead_window_attention', 'pad_to_multiple', 'pad_to_size', 'plain_formulation', 'relative_position_index',
-    'share_with_submodules', 'shifted_window_mask', 'symbolic', 'to_2tuple', 'trunc_normal_', 'trunc_normal_unless_meta',
-    'tracing', 'window_attention', 'window_partition', 'window_reverse',
+    'share_with_submodules', 'shifted_window_mask', 'symbolic', 'to_2tuple', 'trunc_normal_',
+    'trunc_normal_unless_meta', 'tracing', 'window_attention', 'window_partition', 'window_reverse',
 ]
