@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv if missing, installs the project, runs the demo
-#   make test   same set-up, lints (ruff), runs the test suite
+#   make test   same set-up (with the export extra: onnx, onnxruntime, spandrel), lints (ruff), runs the tests
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,export]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

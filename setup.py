@@ -35,7 +35,12 @@ setup(
         'pyyaml>=6.0',
         'tqdm>=4.66',
         'scikit-image>=0.22',  # basicsr needs it; the demo and tests use its bundled photos
+        'safetensors>=0.4',  # .safetensors checkpoints (read and written)
     ],
-    extras_require={'dev': ['pytest>=8', 'ruff>=0.6']},
+    extras_require={
+        'dev': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
+        # sr-arch export to ONNX (torch's dynamo exporter needs onnxscript), its onnxruntime check, spandrel loading
+        'export': ['onnx>=1.16', 'onnxscript>=0.5', 'onnxruntime>=1.18', 'spandrel>=0.4.2,<0.5'],
+    },
     entry_points={'console_scripts': ['sr-arch=sr_arch.cli:main']},
 )

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'train': ('sr_arch.train', 'train a network from an option file (BasicSR train.py options)'),
     'test': ('sr_arch.test', 'benchmark a trained network from an option file'),
     'infer': ('sr_arch.infer', 'upscale images or folders with any supported checkpoint'),
+    'export': ('sr_arch.export', 'export a checkpoint to ONNX (any input size, checked in onnxruntime) or safetensors'),
     'prepare': ('sr_arch.prepare', 'prepare datasets: sub-images, bicubic LR, LMDB, meta-info, benchmarks'),
     'profile': ('sr_arch.profile', 'parameters, MACs, latency and peak memory of an architecture'),
     'compare': ('sr_arch.compare', 'paper-style visual comparison figure: zoomed crops with PSNR / SSIM'),

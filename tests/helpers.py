@@ -33,6 +33,21 @@ def load_golden(case: str) -> dict[str, Any]:
     return torch.load(os.path.join(GOLDEN_DIR, f'{case}.pt'), map_location='cpu', weights_only=True)
 
 
+def write_golden_checkpoint(case: str, path: str) -> dict[str, Any]:
+    """Save a golden case's weights as this package's trainer does (``params`` + ``network_kwargs``); returns the
+    golden case."""
+    from sr_arch.archs import family_spec
+    from sr_arch.archs.spec import NETWORK_KWARGS_KEY
+    from sr_arch.utils.checkpoint import atomic_save
+
+    golden = load_golden(case)
+    spec = family_spec(golden['family'])
+    full = spec.full_kwargs(golden['kwargs'])
+    stored = {name: full[name] for name in spec.checkpoint.stored_kwargs}
+    atomic_save({'params': golden['state_dict'], NETWORK_KWARGS_KEY: stored}, path)
+    return golden
+
+
 def golden_cases(family: str) -> list[str]:
     prefix = family.lower()
     return sorted(f[:-3] for f in os.listdir(GOLDEN_DIR) if f.startswith(prefix) and f.endswith('.pt'))

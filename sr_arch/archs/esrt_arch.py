@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from sr_arch.archs.layers import Mlp, Upsample, attention, get_attention_backend, pad_to_size
+from sr_arch.archs.layers import Mlp, Upsample, attention, get_attention_backend, pad_to_size, symbolic
 from sr_arch.archs.spec import FamilySpec, Shapes, pixelshuffle_scale, shape_of
 
 #: The published ESRT: everything is fixed by the paper but the scale (x2, x3, x4).
@@ -164,9 +164,13 @@ class HighPreservingBlock(nn.Module):
 def band_bounds(num_tokens: int, num_bands: int = NUM_BANDS) -> list[tuple[int, int]]:
     """(start, end) of the official EMHA bands: chunks of ``num_tokens // num_bands`` tokens.
 
-    ``torch.split(t, N // 4)`` semantics: when N is not a multiple of 4 a fifth band holds the rest.
+    ``torch.split(t, N // 4)`` semantics: when N is not a multiple of 4 a fifth band holds the rest. For a
+    symbolic N (a graph for any input size) the fifth band is always there, computed from N, and empty when
+    N is a multiple of 4.
     """
     band = num_tokens // num_bands
+    if symbolic(num_tokens):
+        return [(i * band, (i + 1) * band) for i in range(num_bands)] + [(num_bands * band, num_tokens)]
     if band == 0:
         raise ValueError(f'EMHA needs at least {num_bands} tokens (LR pixels) to form its bands, got {num_tokens}')
     return [(start, min(start + band, num_tokens)) for start in range(0, num_tokens, band)]
@@ -181,6 +185,12 @@ EXACT_SCORES_LIMIT = 1 << 22
 def _official_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     # the official operation order ((q @ k^T) * scale), so results match it bit for bit
     return ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
+
+
+def _exact_scores(batch_heads: int, band: int) -> bool:
+    """Whether a band is computed with the official formula: small bands, and every band of a graph for any
+    input size (which cannot choose the formula by size; exporters turn both formulas into the same ops)."""
+    return symbolic(band) or batch_heads * band ** 2 <= EXACT_SCORES_LIMIT
 
 
 def _pad_last_dim(x: Tensor, multiple: int) -> Tensor:
@@ -212,7 +222,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, head_dim_multi
     outputs = []
     for start, end in band_bounds(q.shape[-2]):
         qb, kb, vb = q[:, :, start:end], k[:, :, start:end], v[:, :, start:end]
-        if plain or batch_heads * (end - start) ** 2 <= EXACT_SCORES_LIMIT:
+        if plain or _exact_scores(batch_heads, end - start):
             outputs.append(_official_attention(qb, kb, vb, scale))
         else:
             qb, kb, vb = (_pad_last_dim(t, head_dim_multiple) for t in (qb, kb, vb))

@@ -13,6 +13,7 @@ an input padded to a multiple of 4 (two pixel-unshuffle stages) and is cropped b
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Sequence
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from sr_arch.archs.layers import pad_to_multiple
+from sr_arch.archs.layers import pad_to_multiple, tracing
 from sr_arch.archs.spec import CheckpointConvention, FamilySpec, Shapes, numbered, pixelshuffle_scale, shape_of
 
 #: blocks per stage: encoder 1, encoder 2, latent, decoder 1, decoder 2, refine (hard-coded officially)
@@ -217,12 +218,76 @@ def bicubic_residual(x: Tensor, scale: int, antialias: bool = True) -> Tensor:
     torchvision >= 0.17 resizes tensors with ``antialias=True``, which for bicubic means PIL's a=-0.5
     cubic (this is what the golden vectors hold). The official environment (torchvision 0.12) did not
     antialias tensors, i.e. plain ``F.interpolate`` bicubic with a=-0.75: pass ``antialias=False`` to
-    reproduce networks trained there.
+    reproduce networks trained there. While tracing (ONNX and other exports, ``torch.compile``) the same
+    numbers come from ``bicubic_upscale_by_convolution``, which exporters can translate.
 
     Shapes: (B, C, H, W) -> (B, C, scale*H, scale*W).
     """
+    if tracing(x):
+        return bicubic_upscale_by_convolution(x, scale, antialias).clamp(0, 1)
     size = (x.shape[-2] * scale, x.shape[-1] * scale)
     return F.interpolate(x, size=size, mode='bicubic', align_corners=False, antialias=antialias).clamp(0, 1)
+
+
+#: the bicubic taps of one output pixel lie within this many input pixels of its source pixel (a 5x5 kernel)
+_BICUBIC_REACH = 2
+
+
+def _cubic(distance: float, a: float) -> float:
+    """Keys' cubic convolution kernel with parameter ``a`` at ``distance`` (0 from 2 on)."""
+    d = abs(distance)
+    if d < 1:
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+    if d < 2:
+        return ((d - 5) * d + 8) * d * a - 4 * a
+    return 0.0
+
+
+def bicubic_phase_weights(scale: int, antialias: bool) -> Tensor:
+    """(scale, 5) float64: the 1-D weights of input pixels i-2 .. i+2 for output pixel ``scale * i + phase``.
+
+    For an integer upscale they depend only on the phase. ``antialias=False`` is ``F.interpolate``'s bicubic
+    (a = -0.75, source ``(o + 0.5) / scale - 0.5``, border pixels repeated); ``antialias=True`` is its
+    antialiased (PIL) bicubic (a = -0.5, weights ``cubic(j + 0.5 - (o + 0.5) / scale)``, renormalised where
+    the border cuts taps off: see ``bicubic_upscale_by_convolution``).
+    """
+    rows = []
+    for phase in range(scale):
+        if antialias:
+            centre = (phase + 0.5) / scale
+            rows.append([_cubic(offset + 0.5 - centre, -0.5) for offset in range(-_BICUBIC_REACH, _BICUBIC_REACH + 1)])
+        else:
+            source = (phase + 0.5) / scale - 0.5
+            first = math.floor(source) - 1  # offset of the leftmost of the four taps
+            t = source - math.floor(source)
+            taps = {first + k: _cubic(t + 1 - k, -0.75) for k in range(4)}
+            rows.append([taps.get(offset, 0.0) for offset in range(-_BICUBIC_REACH, _BICUBIC_REACH + 1)])
+    weights = torch.tensor(rows, dtype=torch.float64)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def bicubic_upscale_by_convolution(x: Tensor, scale: int, antialias: bool) -> Tensor:
+    """``F.interpolate(x, scale * size, mode='bicubic', antialias=antialias)`` as pad + depthwise conv + pixel
+    shuffle, ops every ONNX exporter translates (no branch on the input size, so any size works).
+
+    One 5x5 kernel per output phase (outer product of ``bicubic_phase_weights``). Without antialias the border
+    pixels repeat (replicate padding). With antialias the taps the border cuts off are dropped and the rest
+    renormalised: zero padding, divided by the same convolution of an all-ones image. Equal to
+    ``F.interpolate`` up to float rounding (~1e-7).
+
+    Shapes: (B, C, H, W) -> (B, C, scale*H, scale*W).
+    """
+    channels = x.shape[1]
+    weights = bicubic_phase_weights(scale, antialias)
+    kernels = (weights[:, None, :, None] * weights[None, :, None, :]).reshape(scale * scale, 1, 5, 5)
+    kernels = kernels.to(device=x.device, dtype=x.dtype)
+    pad = (_BICUBIC_REACH,) * 4
+    padded = F.pad(x, pad, mode='constant' if antialias else 'replicate')
+    out = F.pixel_shuffle(F.conv2d(padded, kernels.repeat(channels, 1, 1, 1), groups=channels), scale)
+    if antialias:
+        ones = F.pad(torch.ones_like(x[:1, :1]), pad)
+        out = out / F.pixel_shuffle(F.conv2d(ones, kernels), scale)
+    return out
 
 
 class Restorer(nn.Module):
@@ -316,10 +381,8 @@ class LabNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        padded, (pad_h, pad_w) = pad_to_multiple(x, BODY_MULTIPLE)
-        body = self.Restorer.body(padded)
-        if pad_h or pad_w:
-            body = body[..., :h * self.scale, :w * self.scale]
+        body = self.Restorer.body(pad_to_multiple(x, BODY_MULTIPLE)[0])
+        body = body[..., :h * self.scale, :w * self.scale]  # no branch on the padding: graphs stay size-free
         # the residual is taken from the unpadded input so borders match an unpadded bicubic upscale
         return body + bicubic_residual(x, self.scale, self.Restorer.residual_antialias)
 

@@ -30,6 +30,7 @@ arguments raise instead of being swallowed by ``**kwargs``.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Sequence
@@ -55,6 +56,7 @@ from sr_arch.archs.layers import (
     relative_position_index,
     share_with_submodules,
     shifted_window_mask,
+    symbolic,
     tracing,
     window_attention,
     window_partition,
@@ -114,12 +116,38 @@ def recursion_steps(height: int, width: int, training: bool) -> int:
 
 def min_padded_size(height: int, width: int, training: bool = False) -> tuple[int, int]:
     """Smallest (H', W') >= (height, width) that RGT accepts (bottom/right padding target)."""
+    if symbolic(height, width) and not training:
+        return _symbolic_min_padded_size(height, width)
     divisor = 4 if training else EVAL_MIN_INPUT_SIZE
     height, width = max(height, divisor), max(width, divisor)
     # the long side sets the step count; 4**steps <= long side, so padding the short side to it keeps the count
     long_side = max(height, width)
     cell = 4 ** recursion_steps(long_side, long_side, training)
     return max(height, cell), max(width, cell)
+
+
+#: A graph traced for any input size (ONNX export with dynamic H and W) computes RG-SA for every eval step count
+#: from 2 up to this and keeps the one the size needs: exact for sides below 16 * 4 ** (this + 1) = 16384 px.
+TRACED_MAX_RECURSION_STEPS = 4
+
+#: the largest input side a graph traced for any size computes exactly (``FAMILY.max_traced_size``)
+TRACED_MAX_INPUT_SIZE = EVAL_MIN_INPUT_SIZE * 4 ** (TRACED_MAX_RECURSION_STEPS + 1) - 1
+
+
+def _eval_step_threshold(steps: int) -> int:
+    """The long side (after padding) from which eval-mode RG-SA reduces ``steps`` (> 2) times:
+    ``int(log4(long // 16)) >= steps``."""
+    return EVAL_MIN_INPUT_SIZE * 4 ** steps
+
+
+def _symbolic_min_padded_size(height: int, width: int) -> tuple[int, int]:
+    """``min_padded_size`` in eval mode for symbolic sizes, without branching on them: each side is at least 16,
+    and at least 4 ** steps = 64 from a long side of 1024 on, 256 from 4096 on ... (``Min(1, long // threshold)``
+    is 0 or 1)."""
+    long_side = torch.sym_max(height, width)
+    floors = [EVAL_MIN_INPUT_SIZE] + [4 ** steps * torch.sym_min(1, long_side // _eval_step_threshold(steps))
+                                      for steps in range(3, TRACED_MAX_RECURSION_STEPS + 1)]
+    return functools.reduce(torch.sym_max, floors, height), functools.reduce(torch.sym_max, floors, width)
 
 
 def is_shifted_block(group_index: int, block_index: int) -> bool:
@@ -165,6 +193,9 @@ class DynamicPosBias(nn.Module):
 
     def forward(self, offsets: Tensor) -> Tensor:
         """(M, 2) offsets -> (M, num_heads) biases."""
+        if self.pos_dim == 0:
+            # zero-width hidden layers leave the last bias (the same numbers; ONNX has no zero-width LayerNorm)
+            return self.pos3[-1].bias.expand(offsets.shape[0], -1)
         return self.pos3(self.pos2(self.pos1(self.pos_proj(offsets))))
 
 
@@ -257,17 +288,24 @@ class RectangleWindowAttention(nn.Module):
         shift = (window[0] // 2, window[1] // 2)
         return self.shift_masks.get(height, width, window, shift, like.device, like=like)
 
+    def _pad_to_windows(self, qkv: Tensor, height: int, width: int) -> tuple[Tensor, int, int]:
+        """Zero-pad (3, B, H, W, C) bottom/right to multiples of max(split_size) (always, for symbolic sizes)."""
+        m = self.pad_multiple
+        if symbolic(height, width):
+            padded_h, padded_w = m * ((height + m - 1) // m), m * ((width + m - 1) // m)
+            return nn.functional.pad(qkv, (0, 0, 0, padded_w - width, 0, padded_h - height)), padded_h, padded_w
+        pad_h, pad_w = (-height) % m, (-width) % m
+        if pad_h or pad_w:
+            qkv = nn.functional.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
+        return qkv, height + pad_h, width + pad_w
+
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """(B, H*W, C) tokens -> (B, H*W, C)."""
         b, length, c = x.shape
         half = c // 2
         qkv = self.qkv(x).view(b, height, width, 3, c).permute(3, 0, 1, 2, 4)  # (3, B, H, W, C)
         local_v = self.get_v(qkv[2].permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
-        pad_h = (-height) % self.pad_multiple
-        pad_w = (-width) % self.pad_multiple
-        if pad_h or pad_w:
-            qkv = nn.functional.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
-        padded_h, padded_w = height + pad_h, width + pad_w
+        qkv, padded_h, padded_w = self._pad_to_windows(qkv, height, width)
         branches = []
         for i, (branch, window) in enumerate(zip(self.attns, self.window_sizes)):
             part = qkv[..., i * half:(i + 1) * half]
@@ -311,19 +349,50 @@ class RecursiveGeneralizationAttention(nn.Module):
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """(B, H*W, C) tokens -> (B, H*W, C)."""
         b, n, c = x.shape
-        summary = tokens_to_image(x, height, width)
-        for _ in range(recursion_steps(height, width, self.training)):
-            summary = self.reduction1(summary)
+        q = self.q(x).view(b, n, self.num_heads, -1).transpose(1, 2)  # (B, heads, N, cr/heads)
+        if symbolic(height, width) and not self.training:
+            out = self._attend_any_size(q, tokens_to_image(x, height, width), height, width)
+        else:
+            summary = tokens_to_image(x, height, width)
+            for _ in range(recursion_steps(height, width, self.training)):
+                summary = self.reduction1(summary)
+            out = self._attend(q, summary)
+        return self.proj_drop(self.proj(out))
+
+    def _attend(self, q: Tensor, summary: Tensor) -> Tensor:
+        """Attention of the queries (B, heads, N, cr/heads) to a reduced map (B, C, h, w) -> (B, N, C)."""
+        b, heads, n, _ = q.shape
+        c = summary.shape[1]
         small_h, small_w = summary.shape[-2:]
         summary = self.norm_act(self.conv(self.dwconv(summary)).flatten(2).transpose(1, 2))  # (B, N', cr)
         v = self.v(summary)
         v = v + self.cpe(tokens_to_image(v, small_h, small_w)).flatten(2).transpose(1, 2)  # (B, N', C)
-        heads = self.num_heads
-        q = self.q(x).view(b, n, heads, -1).transpose(1, 2)
         k = self.k(summary).view(b, -1, heads, self.cr // heads).transpose(1, 2)
         v = v.view(b, -1, heads, c // heads).transpose(1, 2)
         out = attention(q, k, v, self.scale)  # (B, heads, N, C/heads)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+        return out.transpose(1, 2).reshape(b, n, c)
+
+    def _attend_any_size(self, q: Tensor, image: Tensor, height: int, width: int) -> Tensor:
+        """``_attend`` after the eval-mode number of reductions, for symbolic sizes (one graph for every size).
+
+        A graph cannot loop a size-dependent number of times, so it attends to the map after 2 reductions, 3, ...
+        ``TRACED_MAX_RECURSION_STEPS`` and keeps, with ``torch.where``, the one ``recursion_steps`` picks for
+        this size (the extra attentions have 1/16, 1/256 ... of the keys). Before each extra reduction the map
+        gets 3 zero rows and columns, so even a map smaller than the 4x4 kernel yields a cell, and the result
+        is cropped to ``max(side // 4, 1)``: for maps of at least 4 px (all a selected candidate sees) that is
+        exactly the unpadded reduction.
+        """
+        summary = image
+        for _ in range(2):
+            summary = self.reduction1(summary)
+        out = self._attend(q, summary)
+        long_side = torch.full((), torch.sym_max(height, width), device=q.device)
+        for steps in range(3, TRACED_MAX_RECURSION_STEPS + 1):
+            small_h, small_w = summary.shape[-2:]
+            reduced = self.reduction1(nn.functional.pad(summary, (0, 3, 0, 3)))
+            summary = reduced[..., :torch.sym_max(small_h // 4, 1), :torch.sym_max(small_w // 4, 1)]
+            out = torch.where(long_side >= _eval_step_threshold(steps), self._attend(q, summary), out)
+        return out
 
 
 class SpatialGate(nn.Module):
@@ -555,6 +624,6 @@ def detect_rgt(shapes: Shapes, state_dict: Any) -> dict[str, Any]:
 FAMILY = FamilySpec(
     name='RGT', cls=RGT, variants=RGT_VARIANTS, scales=(2, 3, 4), detect=detect_rgt,
     tiny=dict(embed_dim=24, depth=[2], num_heads=[2], split_size=[4, 8], mlp_ratio=2),
-    min_size=lambda kwargs: EVAL_MIN_INPUT_SIZE,
+    min_size=lambda kwargs: EVAL_MIN_INPUT_SIZE, max_traced_size=lambda kwargs: TRACED_MAX_INPUT_SIZE,
     checkpointing_arg='use_chk', group_args=('depth', 'num_heads'), model_type='RGTModel',
 )

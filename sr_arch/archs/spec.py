@@ -33,6 +33,10 @@ def _one(kwargs: Mapping[str, Any]) -> int:
     return 1
 
 
+def _unbounded(kwargs: Mapping[str, Any]) -> int | None:
+    return None
+
+
 class SizeRules(NamedTuple):
     """What input sizes a network computes on without padding (it pads any other size itself)."""
 
@@ -70,6 +74,9 @@ class FamilySpec:
             sizes need no padding); read it through ``size_rules``.
         min_size: full kwargs -> the smallest H and W the network computes on in eval mode (smaller inputs
             are padded up to it); read it through ``size_rules``.
+        max_traced_size: full kwargs -> the largest H and W that a graph traced for any input size (ONNX export
+            with dynamic H and W) computes exactly, or None when every size is exact (RGT: its RG-SA loops a
+            size-dependent number of times, which a graph unrolls up to a bound).
         aliases: other registered names of the same class (official names).
         group_args: constructor lists with one entry per residual group (benchmarks cut groups with them).
         checkpointing_arg: the constructor argument that turns gradient checkpointing on, if any.
@@ -85,6 +92,7 @@ class FamilySpec:
     tiny: Mapping[str, Any]
     pad_multiple: Callable[[Mapping[str, Any]], int] = _one
     min_size: Callable[[Mapping[str, Any]], int] = _one
+    max_traced_size: Callable[[Mapping[str, Any]], int | None] = _unbounded
     aliases: tuple[str, ...] = ()
     group_args: tuple[str, ...] = ()
     checkpointing_arg: str | None = None

@@ -3,14 +3,19 @@
 * ``load_checkpoint``: ``torch.load(weights_only=True)`` (or safetensors); a file that needs arbitrary
   pickle code is refused with a message naming the file, never executed; a file that is no checkpoint at
   all is named for what it is (an image, a text or HTML file, an archive, a truncated download).
+  A ``.safetensors`` file written by ``save_safetensors`` comes back as
+  ``{'params': tensors, 'network_kwargs': ...}`` (its metadata).
 * ``extract_state_dict``: finds the network weights in any layout users have: basicsr's
   ``{'params_ema': ..., 'params': ...}``, a raw state_dict, ``{'state_dict': ...}``/``{'model': ...}``,
   with or without DataParallel's ``module.`` prefix.
 * ``atomic_save``: write to a temporary file in the same folder, fsync, then rename, so a kill while
-  saving never leaves a truncated file under the final name.
+  saving never leaves a truncated file under the final name; ``save_safetensors`` does the same for a
+  state_dict in the safetensors format, with the ``network_kwargs`` (constructor arguments no shape tells) and
+  other strings in its metadata.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
@@ -94,16 +99,7 @@ def load_checkpoint(path: str, map_location: str | torch.device = 'cpu') -> Any:
     if kind is not None:
         raise CheckpointError(f'{path}: not a checkpoint, it is {kind}')
     if path.endswith('.safetensors'):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:
-            raise CheckpointError(f'{path}: reading .safetensors needs the safetensors package '
-                                  '(pip install safetensors)') from err
-        try:
-            return load_file(path, device=str(map_location))
-        except Exception as err:  # noqa: BLE001  (safetensors raises its own error types)
-            raise CheckpointError(f'{path}: not a readable .safetensors file ({size} bytes; '
-                                  f'{" ".join(str(err).split())[:200]})') from None
+        return _load_safetensors(path, map_location)
     try:
         with warnings.catch_warnings():  # a plain pickle of another protocol: refused below, no extra warning
             warnings.filterwarnings('ignore', message='Detected pickle protocol')
@@ -123,6 +119,37 @@ def load_checkpoint(path: str, map_location: str | torch.device = 'cpu') -> Any:
                                   'download or copy it again') from None
         raise CheckpointError(f'{path}: not a readable checkpoint ({size} bytes; {type(err).__name__}: '
                               f'{_torch_reason(err)})') from None
+
+
+#: safetensors metadata key holding the JSON of the network's stored constructor arguments
+SAFETENSORS_KWARGS_KEY = 'network_kwargs'
+
+
+def _load_safetensors(path: str, map_location: str | torch.device) -> Any:
+    """Tensors of a ``.safetensors`` file; with ``network_kwargs`` metadata, ``{'params': ..., key: kwargs}``."""
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise CheckpointError(f'{path}: reading .safetensors needs the safetensors package '
+                              '(pip install safetensors)') from err
+
+    from sr_arch.archs.spec import NETWORK_KWARGS_KEY
+
+    try:
+        tensors = load_file(path, device=str(map_location))
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own error types)
+        raise CheckpointError(f'{path}: not a readable .safetensors file ({os.path.getsize(path)} bytes; '
+                              f'{" ".join(str(err).split())[:200]})') from None
+    if SAFETENSORS_KWARGS_KEY not in metadata:
+        return tensors
+    try:
+        kwargs = json.loads(metadata[SAFETENSORS_KWARGS_KEY])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f'{path}: metadata {SAFETENSORS_KWARGS_KEY!r} is not valid JSON ({err})') from err
+    return {'params': tensors, NETWORK_KWARGS_KEY: kwargs}
 
 
 _CONTAINER_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net_g', 'network', 'generator')
@@ -167,3 +194,24 @@ def extract_state_dict(checkpoint: Any, param_key: str | None = 'params_ema', so
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file, fsync and an atomic rename (``utils.files``)."""
     atomic_write(path, lambda f: torch.save(obj, f), sync=True)
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str, network_kwargs: Mapping[str, Any] | None = None,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Write a state_dict as ``.safetensors`` (atomically), readable by ``load_checkpoint`` and by spandrel.
+
+    Args:
+        state_dict: name -> tensor (copied to contiguous, unshared CPU memory, as the format requires).
+        path: output file.
+        network_kwargs: JSON-serialisable constructor arguments no shape tells (``FamilySpec.checkpoint``);
+            stored in the metadata, so ``sr-arch infer`` rebuilds the same network.
+        metadata: further strings for the file's metadata (e.g. family, variant).
+    """
+    from safetensors.torch import save
+
+    tensors = {name: tensor.detach().to('cpu').contiguous().clone() for name, tensor in state_dict.items()}
+    header = {'format': 'pt', **(metadata or {})}
+    if network_kwargs is not None:
+        header[SAFETENSORS_KWARGS_KEY] = json.dumps(dict(network_kwargs), sort_keys=True)
+    data = save(tensors, metadata=header)
+    atomic_write(path, lambda f: f.write(data), sync=True)

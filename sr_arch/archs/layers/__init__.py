@@ -26,6 +26,7 @@ from sr_arch.archs.layers.context import (
     get_attention_backend,
     lean_paths_enabled,
     plain_formulation,
+    symbolic,
     tracing,
 )
 from sr_arch.archs.layers.init import init_transformer_weights, trunc_normal_unless_meta
@@ -55,6 +56,6 @@ __all__ = [
     'gather_position_bias', 'grouped_token_linear', 'init_transformer_weights', 'lean_paths_enabled',
     'linear_as_conv1x1', 'multihead_window_attention', 'pad_to_multiple', 'pad_to_size',
     'pixelshuffle_reconstruction', 'plain_formulation', 'relative_position_index',
-    'share_with_submodules', 'shifted_window_mask', 'to_2tuple', 'trunc_normal_', 'trunc_normal_unless_meta',
-    'tracing', 'window_attention', 'window_partition', 'window_reverse',
+    'share_with_submodules', 'shifted_window_mask', 'symbolic', 'to_2tuple', 'trunc_normal_',
+    'trunc_normal_unless_meta', 'tracing', 'window_attention', 'window_partition', 'window_reverse',
 ]

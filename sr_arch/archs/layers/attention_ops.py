@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sr_arch.archs.layers.caches import MaskScratch
-from sr_arch.archs.layers.context import get_attention_backend
+from sr_arch.archs.layers.context import get_attention_backend, symbolic
 
 #: Outside ``plain_formulation()``, an unfused attention whose score matrix would exceed this many elements
 #: (64 MiB in fp32) is computed in slices of queries; every slice is exact, the peak memory stays bounded.
@@ -45,8 +45,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, bias:
             bias = bias.to(q.dtype)
             bias = bias.view((1,) * (q.dim() - bias.dim()) + tuple(bias.shape))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    if backend == 'plain' or symbolic(*q.shape, *k.shape):  # a graph of any size: no slicing decided by size
+        return _plain_attention(q, k, v, scale, bias)
     num_scores = q.shape[:-1].numel() * k.shape[-2]
-    if backend == 'plain' or num_scores <= PLAIN_SCORES_LIMIT:
+    if num_scores <= PLAIN_SCORES_LIMIT:
         return _plain_attention(q, k, v, scale, bias)
     # no fused kernel: bound the score matrix by taking the queries in slices (softmax is per query row)
     rows = max(1, PLAIN_SCORES_LIMIT * q.shape[-2] // num_scores)

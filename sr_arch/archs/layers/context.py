@@ -71,6 +71,12 @@ def tracing(x: Tensor | None = None) -> bool:
             or torch._C._get_dispatch_mode(_FAKE) is not None or torch._C._get_dispatch_mode(_PROXY) is not None)
 
 
+def symbolic(*sizes: object) -> bool:
+    """True when any of ``sizes`` is a symbolic integer (``torch.export`` / ONNX export with dynamic shapes,
+    ``torch.compile(dynamic=True)``): code on such sizes must not branch on them, or the graph freezes them."""
+    return any(isinstance(size, torch.SymInt) for size in sizes)
+
+
 def lean_paths_enabled(x: Tensor | None = None) -> bool:
     """Whether caches, scratch buffers and the CPU kernel substitutes may be used now: not under
     ``plain_formulation()`` and not while tracing."""

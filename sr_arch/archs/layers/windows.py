@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from basicsr.archs.arch_util import to_2tuple
 from torch import Tensor
 
+from sr_arch.archs.layers.context import symbolic
+
 WindowSize = tuple[int, int]
 
 
@@ -90,6 +92,8 @@ def pad_to_multiple(x: Tensor, multiple: int | Sequence[int], mode: str = 'refle
     """
     mh, mw = to_2tuple(multiple)
     h, w = x.shape[-2:]
+    if symbolic(h, w):
+        return _pad_symbolic(x, mh * ((h + mh - 1) // mh), mw * ((w + mw - 1) // mw), mode)
     pad_h, pad_w = (-h) % mh, (-w) % mw
     if pad_h or pad_w:
         if mode == 'reflect' and (pad_h >= h or pad_w >= w):
@@ -111,9 +115,40 @@ def pad_to_size(x: Tensor, height: int, width: int) -> Tensor:
     """Reflect-pad (bottom/right; replicate where too small to reflect) a (B, C, H, W) batch to at least
     (height, width)."""
     h, w = x.shape[-2:]
+    if symbolic(h, w, height, width):
+        return _pad_symbolic(x, torch.sym_max(h, height), torch.sym_max(w, width), 'reflect')[0]
     if h >= height and w >= width:
         return x
     return pad_to_multiple(x, (height if h < height else 1, width if w < width else 1))[0]
+
+
+def reflect_indices(size: int, target: int, device: torch.device | None = None) -> Tensor:
+    """Source indices of a bottom/right reflect padding of ``size`` rows to ``target`` rows.
+
+    The same rows ``pad_to_multiple``'s repeated reflection picks (the reflection of a reflection continues
+    the mirror image, with period 2 * (size - 1)); a single row is replicated. Branch-free, so symbolic sizes
+    stay symbolic.
+
+    Returns:
+        (target,) long tensor.
+    """
+    index = torch.arange(target, device=device)
+    # a tensor, not a (symbolic) int: ONNX exporters translate tensor arithmetic, not Python-scalar modulo
+    period = torch.full((), torch.sym_max(2 * size - 2, 1), dtype=index.dtype, device=device)
+    folded = index % period
+    return torch.where(folded < size, folded, period - folded)
+
+
+def _pad_symbolic(x: Tensor, height: int, width: int, mode: str) -> tuple[Tensor, tuple[int, int]]:
+    """Bottom/right padding of (B, C, H, W) to (height, width) >= (H, W) without branching on the sizes
+    (for graphs with symbolic sizes); reflect is a gather with ``reflect_indices``, other modes are ``F.pad``."""
+    h, w = x.shape[-2:]
+    if mode == 'reflect':
+        x = x.index_select(-2, reflect_indices(h, height, x.device))
+        x = x.index_select(-1, reflect_indices(w, width, x.device))
+    else:
+        x = F.pad(x, (0, width - w, 0, height - h), mode=mode)
+    return x, (height - h, width - w)
 
 
 def gather_position_bias(table: Tensor, index: Tensor) -> Tensor:
