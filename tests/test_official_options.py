@@ -590,6 +590,8 @@ def test_official_tmm25_train_labnet_x4_file_runs(tmp_path):
     log = next(experiment.glob('train_*.log')).read_text()
     assert re.search(r'# niqe: \d+\.\d+', log) and re.search(r'# psnr: \d+\.\d+', log)
     saved = torch.load(experiment / 'models' / 'net_g_latest.pth', weights_only=True)
-    assert set(saved) == {'params', 'params_ema'}
+    # network_kwargs: what the weights' shapes cannot tell infer/export (LabNet's bicubic residual mode)
+    assert set(saved) == {'params', 'params_ema', 'network_kwargs'}
+    assert set(saved['network_kwargs']) == {'residual_antialias'}
     sr = cv2.imread(str(experiment / 'visualization' / 'camera' / 'camera_2.png'))  # val.save_img: true
     assert sr.shape == hr.shape
