@@ -386,12 +386,16 @@ class Restorer(nn.Module):
 
     def body(self, x: Tensor) -> Tensor:
         """Everything but the bicubic residual: (B, 3, H, W), H, W multiples of 4 -> (B, 3, sH, sW)."""
+        lean = lean_eval_applies(x)
+        if lean:
+            x = to_channels_last(x)  # the whole body then runs channels-last (see LabNetBlock)
         en1 = self.encoder_block1(self.head(x))
         en2 = self.encoder_block2(self.down1(en1))
         latent = self.latent_block(self.down2(en2))
         de1 = self.decoder_block1(self.conv1x1_1(torch.cat([en2, self.up1(latent)], 1)))
         de2 = self.decoder_block2(torch.cat([en1, self.up2(de1)], 1))
-        return self.upscale(self.fusion(self.refine_block(de2)))
+        out = self.upscale(self.fusion(self.refine_block(de2)))
+        return out.contiguous() if lean else out
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x) + bicubic_residual(x, self.scale, self.residual_antialias)
@@ -452,9 +456,7 @@ class LabNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         padded, (pad_h, pad_w) = pad_to_multiple(x, BODY_MULTIPLE)
-        if lean_eval_applies(padded):
-            padded = to_channels_last(padded)  # the whole body then runs channels-last (see LabNetBlock)
-        body = self.Restorer.body(padded).contiguous()
+        body = self.Restorer.body(padded)
         if pad_h or pad_w:
             body = body[..., :h * self.scale, :w * self.scale]
         # the residual is taken from the unpadded input so borders match an unpadded bicubic upscale
