@@ -58,10 +58,14 @@ def test_plain_formulation_rebuilds_grformer_masks_and_bias():
     block = next(m for m in net.modules() if type(m).__name__ == 'GRSAB' and m.shifted)
     with torch.no_grad(), plain_formulation():
         net(torch.rand(1, 3, 16, 32))
-    assert block.shift_masks.masks == {} and block.attn.bias_cache._entry is None
-    with torch.no_grad():
+    assert block.shift_masks.masks == {} and block.window_plans.plans == {} and block.attn.bias_cache._entry is None
+    with torch.no_grad():  # the lean eval path: a window plan instead of a shift mask
         net(torch.rand(1, 3, 16, 32))
-    assert len(block.shift_masks.masks) == 1 and block.attn.bias_cache._entry is not None
+    assert block.shift_masks.masks == {} and len(block.window_plans.plans) == 2  # unshifted and shifted blocks
+    assert block.attn.bias_cache._entry is not None
+    with torch.enable_grad():  # the masked formulation
+        net(torch.rand(1, 3, 16, 32))
+    assert len(block.shift_masks.masks) == 1
 
 
 def test_benchmark_writes_json_and_markdown(tmp_path):

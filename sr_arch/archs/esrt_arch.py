@@ -34,6 +34,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
 from sr_arch.archs.layers import Mlp, Upsample, attention, get_attention_backend, pad_to_size
+from sr_arch.archs.layers.channels_last import lean_eval_applies, to_channels_last
 from sr_arch.archs.spec import FamilySpec, Shapes, pixelshuffle_scale, shape_of
 
 #: The published ESRT: everything is fixed by the paper but the scale (x2, x3, x4).
@@ -328,7 +329,10 @@ class ESRT(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'ESRT expects a (B, 3, H, W) RGB batch, got shape {tuple(x.shape)}')
         h, w = x.shape[-2:]
-        feat = self.head(pad_to_size(x, MIN_INPUT_SIZE, MIN_INPUT_SIZE))
+        x = pad_to_size(x, MIN_INPUT_SIZE, MIN_INPUT_SIZE)
+        if lean_eval_applies(x):
+            x = to_channels_last(x)
+        feat = self.head(x)
         out = self.tail(self.reduce(self.body(feat))) + self.up(feat)
         return out[..., :h * self.upscale, :w * self.upscale]
 

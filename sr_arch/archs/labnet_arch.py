@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from sr_arch.archs.layers import SameConv2d, pad_to_multiple
-from sr_arch.archs.layers.channels_last import (channel_layer_norm, image, lean_eval_applies, pixel_linear,
-                                                pixel_linear_sum, pixels, pointwise_weight, to_channels_last)
+from sr_arch.archs.layers.channels_last import (channel_layer_norm, gelu_image, image, lean_eval_applies,
+                                                pixel_linear, pixel_linear_sum, pixels, pointwise_weight,
+                                                to_channels_last)
 from sr_arch.archs.spec import CheckpointConvention, FamilySpec, Shapes, numbered, pixelshuffle_scale, shape_of
 
 #: blocks per stage: encoder 1, encoder 2, latent, decoder 1, decoder 2, refine (hard-coded officially)
@@ -199,7 +200,8 @@ class STEA(nn.Module):
         c = s.shape[1]
         branches = self.lean_field_branches(image(s, b, h, w))
         fusions = (self.fusion_18, self.fusion_36, self.fusion_54)
-        fused = [pixel_linear_sum(branches[2 * i:2 * i + 2], pointwise_weight(f), f.bias) for i, f in enumerate(fusions)]
+        fused = [pixel_linear_sum(branches[2 * i:2 * i + 2], pointwise_weight(f), f.bias)
+                 for i, f in enumerate(fusions)]
         fused.append(pixel_linear(s, pointwise_weight(self.bypass_1x1), self.bypass_1x1.bias))
         field = pixel_linear_sum(fused, pointwise_weight(self.w_final), self.w_final.bias).add_(s)
         return torch.addcmul(identity, field, self.beta.view(1, c))
@@ -302,7 +304,7 @@ class LabNetBlock(nn.Module):
         b, c, h, w = x.shape
         normed = self.norm1(x)
         s, identity = self.STEA.lean_taylor_terms(normed)
-        local = pixels(self.conv_local(normed))
+        local = pixels(self.conv_local[2](gelu_image(self.conv_local[0](normed))))
         last = pointwise_weight(self.conv1_last)
         if b * h * w >= FOLD_MIN_PIXELS_PER_CHANNEL * c:
             folded, constant = self.STEA.folded_output_weights(last[:, :c])

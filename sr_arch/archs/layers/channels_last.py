@@ -39,6 +39,13 @@ def image(matrix: Tensor, batch: int, height: int, width: int) -> Tensor:
     return matrix.view(batch, height, width, matrix.shape[-1]).permute(0, 3, 1, 2)
 
 
+def gelu_image(x: Tensor) -> Tensor:
+    """GELU of a channels-last (B, C, H, W) map through its pixel-matrix view (PyTorch's kernel runs ~2x faster
+    on the contiguous matrix than on the same memory seen as a channels-last image)."""
+    b, _, h, w = x.shape
+    return image(F.gelu(pixels(x)), b, h, w)
+
+
 def pointwise_weight(conv: nn.Conv2d) -> Tensor:
     """The (out, in) matrix of a 1x1, ungrouped convolution."""
     return conv.weight.view(conv.out_channels, conv.in_channels)
