@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -342,10 +342,12 @@ def markdown_table(records: list[dict[str, Any]], machine: dict[str, Any]) -> st
         diff = f"{r['max_abs_diff']:.1e}" if 'max_abs_diff' in r else ''
         groups = f" ({r['groups']} group{'s' if r['groups'] > 1 else ''})" if r.get('groups') else ''
         load = '-'.join(f'{v:.1f}' for v in r['load_avg']) if r.get('load_avg') else ''
-        lines.append(f"| {r['variant']}{' (tiny)' if r['tiny'] else ''}{groups} | {r['scale']} | {r['size']} | {r['mode']} "
+        name = f"{r['variant']}{' (tiny)' if r['tiny'] else ''}{groups}"
+        lines.append(f"| {name} | {r['scale']} | {r['size']} | {r['mode']} "
                      f"| {r['device']} | {r['dtype']} | {r.get('regime', '')} "
                      f"| {_fmt_ms(r.get('ours_s'))} | {_fmt_ms(r.get('plain_s'))} | {speedup} "
-                     f"| {_fmt_ms(r.get('ours_cpu_s'))} | {_fmt_ms(r.get('plain_cpu_s'))} | {_fmt(r.get('gflop'), '.1f')} "
+                     f"| {_fmt_ms(r.get('ours_cpu_s'))} | {_fmt_ms(r.get('plain_cpu_s'))} "
+                     f"| {_fmt(r.get('gflop'), '.1f')} "
                      f"| {_fmt(r.get('gemm_peak_gflops'), '.0f')} | {_fmt(r.get('ours_pct_peak'), '.0f', ' %')} "
                      f"| {_fmt(r.get('plain_pct_peak'), '.0f', ' %')} | {load} "
                      f"| {_fmt_mib(r.get('ours_peak_bytes'))} | {_fmt_mib(r.get('plain_peak_bytes'))} | {diff} |")
@@ -374,7 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
     parser.add_argument('--tiny', action='store_true', help='shrunken variants (smoke test)')
-    parser.add_argument('--groups', type=int, help='keep only the first N residual groups (families whose spec has group_args)')
+    parser.add_argument('--groups', type=int,
+                        help='keep only the first N residual groups (families whose spec has group_args)')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch\'s choice)')
     parser.add_argument('--out', type=Path, default=Path('experiments/benchmarks'))
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
