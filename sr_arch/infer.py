@@ -238,11 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--scale', type=int, help='expected scale; an error if the checkpoint has another one')
     parser.add_argument('--param-key', default='params_ema', help='checkpoint key tried first (default params_ema, '
                         'then params, then a raw state_dict)')
-    parser.add_argument('--tile', help="LR tile side, or 'auto' (with --max-memory); default: whole image")
+    parser.add_argument('--tile', help="LR tile side, or 'auto' (CPU: the fastest tile, timed on the first image; "
+                        "CUDA: the largest that fits --max-memory or the free memory); default: whole image")
     parser.add_argument('--tile-pad', type=int, help='overlap between tiles in LR pixels (default min(32, tile/4); '
                         '32 with auto)')
     parser.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass (default 1)')
-    parser.add_argument('--max-memory', help="memory budget for --tile auto, e.g. 4GB")
+    parser.add_argument('--max-memory', help="memory budget for --tile auto, e.g. 4GB (optional)")
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default cpu)')
     parser.add_argument('--dtype', choices=sorted(_DTYPES), default='fp32', help='network precision (default fp32)')
     parser.add_argument('--ensemble', action='store_true', help='x8 self-ensemble (8x slower)')
@@ -271,6 +272,8 @@ def parse_arch_options(items: list[str]) -> dict[str, Any]:
 
 
 def _tiler(args: argparse.Namespace, multiple: int, device: torch.device) -> Any:
+    from tqdm import tqdm
+
     from sr_arch.utils.tiling import TileOptions, TileProgressBar, Tiler
 
     if args.tile is None:
@@ -290,7 +293,8 @@ def _tiler(args: argparse.Namespace, multiple: int, device: torch.device) -> Any
     except ValueError as err:
         raise InferenceError(str(err)) from err
     return Tiler(options, multiple=multiple, output_device='cpu' if device.type == 'cuda' else None,
-                 progress=TileProgressBar(sys.stderr))
+                 progress=TileProgressBar(sys.stderr),
+                 report=lambda line: tqdm.write(f'sr-arch infer: {line}', file=sys.stderr))
 
 
 def _one_line(message: str) -> str:
