@@ -142,3 +142,13 @@ def test_benchmark_rejects_unknown_names():
         speed.formulation_context('fast')
     with pytest.raises(SystemExit):
         speed.parse_args(['--regimes', 'pinned'])
+
+
+def test_compile_benchmark_reports_compile_time_and_both_latencies():
+    spec = importlib.util.spec_from_file_location('compile_eval', SPEED_SCRIPT.parent / 'compile_eval.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (record,) = module.main(['--variants', 'GRFormer-light', '--tiny', '--size', '16', '--backend', 'aot_eager',
+                             '--repeats', '1', '--threads', '1'])
+    assert record['compile_s'] > 0 and record['eager_s'] > 0 and record['compiled_s'] > 0
+    assert record['max_abs_diff'] < 1e-5
