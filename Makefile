@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv if missing, installs the project, runs the demo
 #   make test   same set-up (with the export extra: onnx, onnxruntime, spandrel), lints (ruff), runs the tests
+#               on every core (pytest-xdist; each test process uses one thread)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -21,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadgroup tests $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

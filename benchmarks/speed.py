@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/speed.py [--variants HAT-S,HAT,RGT-S,GRFormer-light,ESRT]
         [--sizes 64] [--memory-sizes 256] [--modes eval,train] [--devices cpu,cuda] [--dtypes fp32,bf16]
-        [--scale 4] [--repeats 5] [--warmup 1] [--tiny] [--out experiments/benchmarks]
+        [--regimes default,compute] [--scale 4] [--repeats 5] [--warmup 1] [--tiny] [--out experiments/benchmarks]
 
 "ours" is the network as it ships (``F.scaled_dot_product_attention`` with the position bias and shift
 mask as one additive mask, shift masks and eval-time bias tables cached per input size); "plain" is the
@@ -19,6 +19,16 @@ official code does.
   the high-water mark the pass adds on top of the weights and input (mask/bias caches built in that pass
   included).
 * Peak memory, CUDA: ``torch.cuda.max_memory_allocated`` during the pass minus the allocation before it.
+* Regimes (CPU latency, ``--regimes``): ``default`` runs the child process with the C allocator as it comes;
+  ``compute`` pins glibc's allocator (``GLIBC_TUNABLES`` below) so freed memory stays in the process and no
+  pass pays page faults for fresh allocations: compute only. On a VM the default regime's page faults swing
+  from run to run and flatter whichever formulation allocates more.
+* % of GEMM peak: the network's FLOPs (torch's flop counter on the plain formulation,
+  ``sr_arch.utils.macs.network_macs``; 2 FLOPs per MAC) over the median latency, divided by the GEMM peak
+  measured in the same child process, interleaved with the passes (the best of 1024^3 fp32 ``torch.mm`` runs,
+  same threads, device and dtype).
+* Every timed pass also records its process CPU time, and every child the load average before and after:
+  on a shared machine wall times swing with other work, CPU time much less.
 
 Writes ``speed.json`` (one record per configuration, plus the machine) and ``speed.md`` (a table)
 under ``--out``. ``--tiny`` shrinks every variant (one or two small groups) for smoke tests.
@@ -48,6 +58,13 @@ from sr_arch.archs.spec import FamilySpec
 
 FORMULATIONS = ('ours', 'plain')
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+#: ``default``: the C allocator as it comes; ``compute``: glibc keeps freed memory (no page faults per pass)
+REGIMES = ('default', 'compute')
+PINNED_ALLOCATOR = 'glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296'
+#: side of the square fp32 matrices whose product measures the GEMM peak
+GEMM_SIDE = 1024
+
+
 def _variants() -> dict[str, tuple[FamilySpec, str]]:
     """Benchmark name (the published variant's name) -> (family spec, variant)."""
     return {name: (spec, name) for spec in FAMILIES.values() for name in spec.variants}
@@ -100,25 +117,48 @@ def run_pass(net: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f'speed.py: mode must be eval or train, got {mode!r}')
 
 
+def gemm_gflops(device: torch.device, dtype: torch.dtype, side: int = GEMM_SIDE, runs: int = 3) -> float:
+    """GFLOP/s of the best of ``runs`` ``side``^3 matrix products on ``device`` in ``dtype`` (this process's
+    threads): the GEMM peak the networks are compared with."""
+    a, b = (torch.randn(side, side, device=device).to(dtype) for _ in range(2))
+    out = torch.empty(side, side, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)
+    best = float('inf')
+    for _ in range(runs):
+        _synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * side ** 3 / best / 1e9
+
+
 def time_interleaved(net: nn.Module, x: torch.Tensor, mode: str, repeats: int, warmup: int
                      ) -> tuple[dict[str, list[float]], float]:
-    """Seconds per pass for ours and plain, interleaved; also their outputs' max abs difference."""
-    times: dict[str, list[float]] = {f: [] for f in FORMULATIONS}
+    """Seconds per pass for ours and plain, interleaved; also their outputs' max abs difference.
+
+    ``times`` also holds each formulation's process CPU seconds per pass (``<formulation>_cpu``) and the GEMM
+    peak (GFLOP/s) measured before every repeat (``gemm``).
+    """
+    times: dict[str, list[float]] = {key: [] for f in FORMULATIONS for key in (f, f + '_cpu')}
+    times['gemm'] = []
     outputs: dict[str, torch.Tensor] = {}
     for formulation in FORMULATIONS:
         for _ in range(warmup):
             with formulation_context(formulation):
                 run_pass(net, x, mode)
     for r in range(repeats):
+        times['gemm'].append(gemm_gflops(x.device, x.dtype))
         order = FORMULATIONS if r % 2 == 0 else FORMULATIONS[::-1]
         for formulation in order:
             with formulation_context(formulation):
                 torch.manual_seed(r)  # same dropout / drop-path draws for both
                 _synchronize(x.device)
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 outputs[formulation] = run_pass(net, x, mode)
                 _synchronize(x.device)
                 times[formulation].append(time.perf_counter() - start)
+                times[formulation + '_cpu'].append(time.process_time() - start_cpu)
     diff = (outputs['ours'].float() - outputs['plain'].float()).abs().max().item()
     return times, diff
 
@@ -155,9 +195,21 @@ def _prepare(config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
     return net, x
 
 
-def run_child(flag: str, request: dict[str, Any], what: str) -> Any:
-    """``speed.py <flag> <request as JSON>`` in a fresh interpreter; the JSON on its last output line, or None."""
-    proc = subprocess.run([sys.executable, __file__, flag, json.dumps(request)], capture_output=True, text=True)
+def child_environment(regime: str) -> dict[str, str]:
+    """The environment of a child process in ``regime`` (``compute``: glibc allocator pinned)."""
+    if regime not in REGIMES:
+        raise ValueError(f'speed.py: regime must be one of {REGIMES}, got {regime!r}')
+    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+    if regime == 'compute':
+        env['GLIBC_TUNABLES'] = PINNED_ALLOCATOR
+    return env
+
+
+def run_child(flag: str, request: dict[str, Any], what: str, regime: str = 'default') -> Any:
+    """``speed.py <flag> <request as JSON>`` in a fresh interpreter (environment of ``regime``); the JSON on its
+    last output line, or None."""
+    proc = subprocess.run([sys.executable, __file__, flag, json.dumps(request)], capture_output=True, text=True,
+                          env=child_environment(regime))
     if proc.returncode != 0:
         print(f'  {what} child failed: {proc.stderr.strip().splitlines()[-1:]}', file=sys.stderr)
         return None
@@ -176,23 +228,57 @@ def _memory_child(config_json: str) -> None:
 
 
 def latency_in_process(config: dict[str, Any], repeats: int, warmup: int) -> dict[str, Any]:
-    """ours/plain median latency (s), all timings and the outputs' max abs difference, in this process."""
+    """ours/plain median latency (s), all timings, CPU times, the GEMM peak and the outputs' max abs difference,
+    in this process."""
+    load_before = os.getloadavg()
     net, x = _prepare(config)
     times, diff = time_interleaved(net, x, config['mode'], repeats, warmup)
     result: dict[str, Any] = {}
     for formulation in FORMULATIONS:
         result[f'{formulation}_s'] = statistics.median(times[formulation])
         result[f'{formulation}_all_s'] = times[formulation]
+        result[f'{formulation}_cpu_s'] = statistics.median(times[formulation + '_cpu'])
+        result[f'{formulation}_cpu_all_s'] = times[formulation + '_cpu']
     result['speedup'] = result['plain_s'] / result['ours_s']
     result['max_abs_diff'] = diff
+    result['gemm_peak_gflops'] = max(times['gemm'])
+    result['gemm_all_gflops'] = times['gemm']
+    result['threads'] = torch.get_num_threads()
+    result['allocator_pinned'] = os.environ.get('GLIBC_TUNABLES') == PINNED_ALLOCATOR
+    result['load_avg'] = [load_before[0], os.getloadavg()[0]]
     return result
 
 
 def latency_subprocess(config: dict[str, Any], repeats: int, warmup: int) -> dict[str, Any]:
-    """``latency_in_process`` in a fresh interpreter: the C allocator's state (glibc raises its mmap threshold
-    after large frees, which makes later large allocations skip page faults) then depends on this network
-    only, not on the networks measured before it."""
-    return run_child('--latency-child', dict(config=config, repeats=repeats, warmup=warmup), 'latency') or {}
+    """``latency_in_process`` in a fresh interpreter in ``config['regime']``: the C allocator's state (glibc
+    raises its mmap threshold after large frees, which makes later large allocations skip page faults) then
+    depends on this network only, not on the networks measured before it."""
+    return run_child('--latency-child', dict(config=config, repeats=repeats, warmup=warmup), 'latency',
+                     config.get('regime', 'default')) or {}
+
+
+def network_gflop(config: dict[str, Any]) -> float | None:
+    """GFLOPs of one forward of the configuration's network (plain formulation, torch's flop counter, on a meta
+    copy); None if the count fails."""
+    from sr_arch.utils.macs import network_macs
+
+    try:
+        with torch.device('meta'):
+            net = build_network(config['variant'], config['scale'], config['tiny'], config.get('groups'))
+        return 2 * network_macs(net, (1, 3, config['size'], config['size'])).total / 1e9
+    except Exception as err:  # noqa: BLE001  (a benchmark row without the column is better than none)
+        print(f'  FLOP count failed: {err}', file=sys.stderr)
+        return None
+
+
+def add_peak_fractions(record: dict[str, Any]) -> dict[str, Any]:
+    """``<formulation>_pct_peak``: the FLOPs per median pass as a percentage of the GEMM peak, where measured."""
+    flops, peak = record.get('gflop'), record.get('gemm_peak_gflops')
+    for formulation in FORMULATIONS:
+        seconds = record.get(f'{formulation}_s')
+        if flops and peak and seconds:
+            record[f'{formulation}_pct_peak'] = 100 * flops / seconds / peak
+    return record
 
 
 def _latency_child(request_json: str) -> None:
@@ -206,6 +292,9 @@ def benchmark(config: dict[str, Any], repeats: int, warmup: int, latency: bool, 
     if latency:
         run = latency_subprocess if config['device'] == 'cpu' else latency_in_process
         record.update(run(config, repeats, warmup))
+        if config['mode'] == 'eval':
+            record['gflop'] = network_gflop(config)
+            add_peak_fractions(record)
     if memory:
         for formulation in FORMULATIONS:
             if config['device'] == 'cpu':
@@ -235,23 +324,33 @@ def _fmt_mib(num_bytes: int | None) -> str:
     return '' if num_bytes is None else f'{num_bytes / 2 ** 20:.0f}'
 
 
+def _fmt(value: float | None, spec: str, suffix: str = '') -> str:
+    return '' if value is None else f'{value:{spec}}{suffix}'
+
+
 def markdown_table(records: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     lines = [f"Machine: {machine['cpu']}, {machine['cpu_count']} CPUs, torch {machine['torch']}"
              f"{', ' + machine['cuda_device'] if 'cuda_device' in machine else ''}; "
              f"load average at start {machine['load_avg_start'][0]:.1f}, at end {machine['load_avg_end'][0]:.1f}.",
              '',
-             '| variant | x | LR | mode | device | dtype | ours ms | plain ms | speedup | ours peak MiB '
-             '| plain peak MiB | max abs diff |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '| variant | x | LR | mode | device | dtype | regime | ours ms | plain ms | speedup | ours CPU ms '
+             '| plain CPU ms | GFLOP | GEMM peak GFLOP/s | ours % of GEMM peak | plain % of GEMM peak | load '
+             '| ours peak MiB | plain peak MiB | max abs diff |',
+             '|' + '---|' * 20]
     for r in records:
         speedup = f"{r['speedup']:.2f}x" if 'speedup' in r else ''
         diff = f"{r['max_abs_diff']:.1e}" if 'max_abs_diff' in r else ''
         groups = f" ({r['groups']} group{'s' if r['groups'] > 1 else ''})" if r.get('groups') else ''
+        load = '-'.join(f'{v:.1f}' for v in r['load_avg']) if r.get('load_avg') else ''
         name = f"{r['variant']}{' (tiny)' if r['tiny'] else ''}{groups}"
         lines.append(f"| {name} | {r['scale']} | {r['size']} | {r['mode']} "
-                     f"| {r['device']} | {r['dtype']} | {_fmt_ms(r.get('ours_s'))} | {_fmt_ms(r.get('plain_s'))} "
-                     f"| {speedup} | {_fmt_mib(r.get('ours_peak_bytes'))} | {_fmt_mib(r.get('plain_peak_bytes'))} "
-                     f"| {diff} |")
+                     f"| {r['device']} | {r['dtype']} | {r.get('regime', '')} "
+                     f"| {_fmt_ms(r.get('ours_s'))} | {_fmt_ms(r.get('plain_s'))} | {speedup} "
+                     f"| {_fmt_ms(r.get('ours_cpu_s'))} | {_fmt_ms(r.get('plain_cpu_s'))} "
+                     f"| {_fmt(r.get('gflop'), '.1f')} "
+                     f"| {_fmt(r.get('gemm_peak_gflops'), '.0f')} | {_fmt(r.get('ours_pct_peak'), '.0f', ' %')} "
+                     f"| {_fmt(r.get('plain_pct_peak'), '.0f', ' %')} | {load} "
+                     f"| {_fmt_mib(r.get('ours_peak_bytes'))} | {_fmt_mib(r.get('plain_peak_bytes'))} | {diff} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -270,6 +369,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--devices', type=_csv, default=['cpu', 'cuda'],
                         help='cuda is skipped when not available')
     parser.add_argument('--dtypes', type=_csv, default=['fp32', 'bf16'], help='bf16 runs on CUDA only')
+    parser.add_argument('--regimes', type=_csv, default=list(REGIMES),
+                        help='CPU latency regimes: default (allocator as it comes), compute (glibc allocator pinned)')
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
@@ -295,6 +396,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for device in args.devices:
         if device not in ('cpu', 'cuda'):
             parser.error(f'--devices: {device!r} is not cpu or cuda')
+    for regime in args.regimes:
+        if regime not in REGIMES:
+            parser.error(f'--regimes: {regime!r} is not one of {", ".join(REGIMES)}')
+    if not args.regimes:
+        parser.error('--regimes: give at least one of ' + ', '.join(REGIMES))
     return args
 
 
@@ -310,7 +416,11 @@ def configurations(args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], b
                     for mode in args.modes:
                         config = dict(variant=variant, scale=args.scale, size=size, mode=mode, device=device,
                                       dtype=dtype, tiny=args.tiny, groups=args.groups, threads=args.threads)
-                        yield config, size in args.sizes, not args.no_memory
+                        # CUDA latency and all memory runs do not depend on the host allocator: one regime
+                        regimes = args.regimes if device == 'cpu' and size in args.sizes else args.regimes[:1]
+                        for i, regime in enumerate(regimes):
+                            yield ({**config, 'regime': regime if device == 'cpu' else 'default'},
+                                   size in args.sizes, not args.no_memory and i == 0)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -256,11 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--scale', type=int, help='expected scale; an error if the checkpoint has another one')
     parser.add_argument('--param-key', default='params_ema', help='checkpoint key tried first (default params_ema, '
                         'then params, then a raw state_dict)')
-    parser.add_argument('--tile', help="LR tile side, or 'auto' (with --max-memory); default: whole image")
+    parser.add_argument('--tile', help="LR tile side, or 'auto' (CPU: the fastest tile, timed on the first image; "
+                        "CUDA: the largest that fits --max-memory or the free memory); default: whole image")
     parser.add_argument('--tile-pad', type=int, help='overlap between tiles in LR pixels (default min(32, tile/4); '
                         '32 with auto)')
     parser.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass (default 1)')
-    parser.add_argument('--max-memory', help="memory budget for --tile auto, e.g. 4GB")
+    parser.add_argument('--max-memory', help="memory budget for --tile auto, e.g. 4GB (optional)")
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default cpu)')
     parser.add_argument('--dtype', choices=sorted(_DTYPES), default='fp32', help='network precision (default fp32)')
     parser.add_argument('--ensemble', action='store_true', help='x8 self-ensemble (8x slower)')
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             rgb, alpha = upscale_image(model, image, tiler, args.ensemble)
             if tiler is not None and tiler.chosen_automatically and not announced:
                 tqdm.write(f'sr-arch infer: --tile auto chose {tiler.tile_size}x{tiler.tile_size} LR tiles '
-                           f'(--max-memory {args.max_memory}, measured on {device})', file=sys.stderr)
+                           f'({tiler.auto_reason}; measured on {device})', file=sys.stderr)
                 announced = True
             if ext.lower() in _NO_ALPHA:
                 alpha = None

@@ -17,3 +17,17 @@ torch.set_num_threads(1)
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+#: module fixtures that cost minutes (trainings, ONNX exports): under pytest-xdist (``make test`` runs ``-n auto
+#: --dist loadgroup``) the tests sharing one instance go to one worker, so it is built once, not once per worker
+EXPENSIVE_SHARED_FIXTURES = ('tiny_trainings', 'psnr_stage', 'exported')
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in EXPENSIVE_SHARED_FIXTURES:
+            if name in getattr(item, 'fixturenames', ()):
+                callspec = getattr(item, 'callspec', None)
+                param = callspec.params.get(name) if callspec is not None else None
+                item.add_marker(pytest.mark.xdist_group(name if param is None else f'{name}-{param}'))

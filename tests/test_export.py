@@ -23,7 +23,6 @@ from sr_arch.archs import FAMILIES, family_spec
 from sr_arch.archs.spec import NETWORK_KWARGS_KEY
 from sr_arch.utils.checkpoint import load_checkpoint
 
-
 #: one golden checkpoint per family (the first; each export takes from ~1 to ~6 minutes)
 EXPORT_CASES = [golden_cases(family)[0] for family in sorted(FAMILIES)]
 ACCEPTANCE = 1e-4  # max |onnx - reference| relative to max |reference|

@@ -58,8 +58,13 @@ def test_persistent_mask_path_equals_on_the_fly_path():
     assert set(missing) == {'layers.0.blocks.1.attn_mask', 'layers.0.blocks.3.attn_mask'} and not unexpected
     assert with_buffers.layers[0].blocks[1].attn_mask.min().item() == -1e9  # the official fill
     x = torch.rand(1, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(with_buffers(x), on_the_fly(x), atol=1e-6)
+    with torch.no_grad():  # the lean eval path: no shift masks at all (unmasked sub-windows, layers.window_order)
+        lean = with_buffers(x)
+        assert torch.allclose(lean, on_the_fly(x), atol=1e-6)
+        assert not on_the_fly.layers[0].blocks[1].shift_masks.masks
+    with torch.enable_grad():  # the masked formulation
+        assert torch.allclose(with_buffers(x), lean, atol=1e-6)
+        assert torch.allclose(on_the_fly(x), lean, atol=1e-6)
     assert not with_buffers.layers[0].blocks[1].shift_masks.masks
     blocks = on_the_fly.layers[0].blocks
     assert blocks[1].shift_masks is blocks[3].shift_masks  # one cache per network, keyed by window

@@ -98,7 +98,8 @@ def test_tile_options_validation_names_the_key():
     assert TileOptions.from_opt({'tile_size': 64, 'tile_pad': 8, 'batch_size': 2}) == TileOptions(64, 8, 2)
     assert TileOptions.from_opt({'tile_size': 'auto', 'max_memory': '2GiB'}).max_memory == 2 * 2**30
     for block, message in [({'tile_size': -3}, 'val.tile.tile_size'), ({'tile_size': 16, 'tile_pad': 16}, 'tile_pad'),
-                           ({'tile_size': 'auto'}, 'max_memory'), ({'tile_size': 16, 'overlap': 4}, 'overlap'),
+                           ({'tile_size': 16, 'max_memory': '1GB'}, 'max_memory'),
+                           ({'tile_size': 16, 'overlap': 4}, 'overlap'),
                            ({'tile_size': 16, 'batch_size': 0}, 'batch_size')]:
         with pytest.raises(ValueError, match=message):
             TileOptions.from_opt(block, 'val.tile')
@@ -135,7 +136,7 @@ def test_auto_tile_size_fits_the_budget():
     x = torch.rand(1, 3, 120, 100)
     with torch.no_grad():
         assert (tiler(net, x, 2) - net(x)).abs().max() < 1e-3
-    assert tiler.tile_size == side  # measured once, kept
+    assert tiler.tile_size <= side and tiler.choice is not None  # CPU: the fastest tile within the budget, kept
 
 
 # ---------------------------------------------------------------------------------------------- the model

@@ -233,8 +233,7 @@ def test_tile_errors_name_real_flags_and_auto_prints_its_size(tmp_path, checkpoi
     lr = photo('astronaut', 40)[:24, :20]
     image = write(tmp_path / 'in.png', lr[..., ::-1].copy())
     out = str(tmp_path / 'out')
-    for options, message in [(['--tile', 'auto'], '--tile auto needs --max-memory (e.g. 8GB)'),
-                             (['--tile', '8', '--tile-pad', '8'], '--tile-pad (8) must be smaller than --tile (8)'),
+    for options, message in [(['--tile', '8', '--tile-pad', '8'], '--tile-pad (8) must be smaller than --tile (8)'),
                              (['--tile', 'auto', '--max-memory', 'lots'], '--max-memory must be a positive size'),
                              (['--max-memory', '1GB'], '--max-memory is the budget of --tile auto')]:
         assert infer.main(['--model', checkpoint, image, '--out', out, *options]) == 2
@@ -247,10 +246,10 @@ def test_tile_errors_name_real_flags_and_auto_prints_its_size(tmp_path, checkpoi
     assert infer.main(['--model', checkpoint, image, '--out', out, '--tile', 'auto', '--max-memory', '64MB']) == 0
     chosen = [line for line in capsys.readouterr().err.replace('\r', '\n').splitlines() if 'chose' in line]
     assert len(chosen) == 1
-    side = int(re.search(r'--tile auto chose (\d+)x\1 LR tiles \(--max-memory 64MB, measured on cpu\)',
-                         chosen[0]).group(1))
+    side = int(re.search(r'--tile auto chose (\d+)x\1 LR tiles \(the fastest, within --max-memory 61 MiB: .*; '
+                         r'measured on cpu\)', chosen[0]).group(1))
     model = infer.load_model(checkpoint)
-    assert side == auto_tile_size(model.forward, 3, 64 * 10**6, 'cpu', multiple=model.pad_multiple)
+    assert side <= auto_tile_size(model.forward, 3, 64 * 10**6, 'cpu', multiple=model.pad_multiple)
 
 
 def test_an_output_format_that_drops_alpha_or_depth_is_warned_per_file(tmp_path, checkpoint, capsys):

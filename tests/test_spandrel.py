@@ -11,7 +11,6 @@ from sr_arch import export
 from sr_arch.archs import FAMILIES, family_spec
 from sr_arch.spandrel import FamilyArchitecture, detect_family, install
 
-
 GOLDEN_CASES = sorted(case for family in FAMILIES for case in golden_cases(family))
 #: families spandrel 0.4.2 ships itself (before install)
 NATIVE = {support.architecture.id for support in spandrel.MAIN_REGISTRY} & set(FAMILIES)

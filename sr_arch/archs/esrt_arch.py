@@ -34,6 +34,16 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
 from sr_arch.archs.layers import Mlp, Upsample, attention, get_attention_backend, pad_to_size, symbolic
+from sr_arch.archs.layers.channels_last import (
+    fold_tokens,
+    image,
+    lean_eval_applies,
+    pixel_linear_sum,
+    pixels,
+    pointwise_weight,
+    to_channels_last,
+    unfold_tokens,
+)
 from sr_arch.archs.spec import FamilySpec, Shapes, pixelshuffle_scale, shape_of
 
 #: The published ESRT: everything is fixed by the paper but the scale (x2, x3, x4).
@@ -102,6 +112,10 @@ class ScaledResidualConv(nn.Module):
         self.weight2 = Scale(1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if lean_eval_applies(x):  # w2 folded into conv1, w1 * x added in place
+            scale = self.weight2.scale
+            out = F.conv2d(self.relu(self.conv(x)), self.conv1.weight * scale, self.conv1.bias * scale, padding=1)
+            return out.add_(x, alpha=float(self.weight1.scale))
         return self.weight1(x) + self.weight2(self.conv1(self.relu(self.conv(x))))
 
 
@@ -127,6 +141,13 @@ class HighFrequencyModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x1 = self.layer1(x)
         x2 = self.layer2(x1)
+        if lean_eval_applies(x):  # w2, w3 folded into the 1x1 fusion (two accumulating GEMMs, no concatenation)
+            b, c, h, w = x.shape
+            weight = pointwise_weight(self.alise.conv)
+            weight = torch.cat([weight[:, :c] * self.weight2.scale, weight[:, c:] * self.weight3.scale], dim=1)
+            fused = image(F.relu_(pixel_linear_sum([pixels(x2), pixels(x1)], weight)), b, h, w)
+            fused = self.layer4(self.atten(fused))
+            return fused.mul_(self.weight5.scale).add_(x, alpha=float(self.weight4.scale))
         fused = self.layer4(self.atten(self.alise(torch.cat([self.weight2(x2), self.weight3(x1)], dim=1))))
         return self.weight4(x) + self.weight5(fused)
 
@@ -273,6 +294,10 @@ class EfficientTransformer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        if lean_eval_applies(x):  # contiguous tokens in one pass (layers.channels_last.unfold_tokens), sums in place
+            tokens = unfold_tokens(x, PATCH_SIZE)
+            tokens = tokens.add_(self.atten(self.norm1(tokens)))
+            return tokens.add_(self.mlp(self.norm2(tokens)))
         # the official 'same' padding for a 3x3 / stride-1 unfold is one zero pixel on every side
         tokens = F.unfold(x, PATCH_SIZE, padding=PATCH_SIZE // 2).transpose(1, 2)
         tokens = tokens + self.atten(self.norm1(tokens))
@@ -299,6 +324,11 @@ class ESRTBody(nn.Module):
         x2 = self.encoder2(x1)
         x3 = self.encoder3(x2)
         tokens = self.attention(self.reduce(torch.cat([x1, x2, x3], dim=1)))
+        if lean_eval_applies(x):  # shifted sums into a channels-last map; w2 folded into alise, w1 * x added in place
+            scale = self.weight2.scale
+            out = F.conv2d(fold_tokens(tokens, (h, w), PATCH_SIZE), self.alise.weight * scale, self.alise.bias * scale,
+                           padding=1)
+            return out.add_(x, alpha=float(self.weight1.scale))
         # fold back: every pixel receives the SUM of the 3x3 tokens that contain it (no division)
         out = F.fold(tokens.transpose(1, 2), (h, w), PATCH_SIZE, padding=PATCH_SIZE // 2)
         return self.weight1(x) + self.weight2(self.alise(out))
@@ -338,7 +368,10 @@ class ESRT(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'ESRT expects a (B, 3, H, W) RGB batch, got shape {tuple(x.shape)}')
         h, w = x.shape[-2:]
-        feat = self.head(pad_to_size(x, MIN_INPUT_SIZE, MIN_INPUT_SIZE))
+        x = pad_to_size(x, MIN_INPUT_SIZE, MIN_INPUT_SIZE)
+        if lean_eval_applies(x):
+            x = to_channels_last(x)
+        feat = self.head(x)
         out = self.tail(self.reduce(self.body(feat))) + self.up(feat)
         return out[..., :h * self.upscale, :w * self.upscale]
 

@@ -53,6 +53,7 @@ from sr_arch.archs.layers import (
     TokenLinear,
     UpsampleOneStep,
     WindowSize,
+    attention,
     gather_position_bias,
     grouped_token_linear,
     init_transformer_weights,
@@ -65,6 +66,15 @@ from sr_arch.archs.layers import (
     window_partition,
     window_reverse,
 )
+from sr_arch.archs.layers.channels_last import (
+    gelu_image,
+    image,
+    lean_eval_applies,
+    pixel_linear,
+    pixels,
+    to_channels_last,
+)
+from sr_arch.archs.layers.window_order import WindowPlan, WindowPlanCache
 from sr_arch.archs.spec import FamilySpec, Shapes, group_counts, ratio, shape_of
 
 #: Published variants (the official repo only has the lightweight one); pass ``upscale`` separately.
@@ -83,6 +93,8 @@ ESRPB_COORD_RANGE = 3.2
 #: ES-RPB: the MLP output is squashed to (0, 16)
 ESRPB_BIAS_RANGE = 16.0
 _MASK_CACHE_SIZE = 8
+#: ``F.normalize``'s default eps
+NORMALIZE_EPS = 1e-12
 
 
 def exponential_space_coords_table(window_size: WindowSize) -> Tensor:
@@ -163,6 +175,59 @@ class GRSA(nn.Module):
         out = out.transpose(1, 2).reshape(bn, n, c)
         return self._grouped(out, self.proj1, self.proj2, residual=False)
 
+    def _dense_weights(self, pairs: Sequence[tuple[nn.Linear, nn.Linear]], residual: bool) -> tuple[Tensor, Tensor]:
+        """The grouped layers ``pairs`` (first half, second half) as one dense (len(pairs)*C, C) block-diagonal
+        weight and its bias; ``residual`` adds the identity to each block (``x + grouped(x)``)."""
+        half = self.dim // 2
+        weight = self.q1.weight.new_zeros(len(pairs), self.dim, self.dim)
+        for i, (first, second) in enumerate(pairs):
+            weight[i, :half, :half] = first.weight
+            weight[i, half:, half:] = second.weight
+        if residual:
+            weight.diagonal(dim1=1, dim2=2).add_(1.0)
+        bias = torch.cat([torch.cat([first.bias, second.bias]) for first, second in pairs])
+        return weight.view(-1, self.dim), bias
+
+    def lean_forward(self, tokens: Tensor, plan: WindowPlan) -> Tensor:
+        """``forward`` in eval without autograd on CPU, on the tokens of whole maps in ``plan`` order.
+
+        q, k and v come from one GEMM with the grouped residual layers as a block-diagonal weight plus identity
+        (twice the multiply-adds of the grouped form, but one well-shaped GEMM instead of six tiny ones and three
+        additions); q and k are normalised in one pass, the logit scale folded into q's normaliser. Attention runs
+        per group of equally shaped units of the plan (whole windows, or the regions a shift cuts them into) with
+        the bias of that shape and no mask (``layers.window_order``).
+
+        Args:
+            tokens: (T, C) token matrix in plan order.
+            plan: the ``WindowPlan`` of the block's maps.
+
+        Returns:
+            (T, C) in plan order.
+        """
+        total, c = tokens.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        weight, bias = self._dense_weights(((self.q1, self.q2), (self.k1, self.k2), (self.v1, self.v2)), True)
+        qkv = pixel_linear(tokens, weight, bias).view(total, 3, heads, head_dim)
+        logit_scale = torch.clamp(self.logit_scale, max=LOGIT_SCALE_MAX).exp().view(1, heads, 1)
+        scales = torch.cat([logit_scale, torch.ones_like(logit_scale)])  # (2, heads, 1): q scaled, k not
+        query_key = qkv[:, :2]
+        norms = torch.linalg.vector_norm(query_key, dim=-1, keepdim=True).clamp_min_(NORMALIZE_EPS)
+        query_key = query_key * (scales / norms)  # (T, 2, heads, head_dim)
+        position_bias = self.position_bias()
+        weight, bias = self._dense_weights(((self.proj1, self.proj2),), False)
+        out = tokens.new_empty(total, c)
+        for units in plan.units:
+            rows = slice(units.start, units.start + units.tokens)
+            length = units.shape[0] * units.shape[1]
+            q, k = (query_key[rows, i].view(units.count, length, heads, head_dim).transpose(1, 2) for i in (0, 1))
+            v = qkv[rows, 2].view(units.count, length, heads, head_dim).transpose(1, 2)
+            unit_bias = position_bias
+            if units.bias_index is not None:
+                unit_bias = position_bias[:, units.bias_index][:, :, units.bias_index]
+            attended = attention(q, k, v, 1.0, unit_bias).transpose(1, 2).reshape(units.tokens, c)
+            torch.addmm(bias, attended, weight.t(), out=out[rows])
+        return out
+
 
 class DepthwiseConvBranch(nn.Module):
     """DW3x3 -> GELU -> DW3x3 on token sequences: (B, H*W, C) -> (B, H*W, C)."""
@@ -195,6 +260,15 @@ class DepthwiseConvFFN(nn.Module):
         x = self.drop(x + self.dwconv(x, x_size))
         return self.drop(self.fc2(x))
 
+    def lean_forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        """``forward`` in eval without autograd on CPU: the hidden tokens stay one contiguous (B*H*W, hidden)
+        matrix that the depthwise branch reads as a channels-last image; (B, H*W, C) -> (B, H*W, C)."""
+        b, n, c = x.shape
+        hidden = F.gelu(pixel_linear(x.reshape(-1, c), self.fc1.weight, self.fc1.bias))
+        first, _, second = self.dwconv.depthwise_conv
+        branch = second(gelu_image(first(image(hidden, b, *x_size))))
+        return pixel_linear(hidden.add_(pixels(branch)), self.fc2.weight, self.fc2.bias).view(b, n, c)
+
 
 class GRSAB(nn.Module):
     """Post-norm GRFormer block on a (B, H*W, C) token map; H and W multiples of max(window).
@@ -222,8 +296,9 @@ class GRSAB(nn.Module):
         mask = shifted_window_mask(*self.img_size, self.window_size, self.shift_size, SHIFT_MASK_FILL) \
             if self.shifted else None
         self.register_buffer('attn_mask', mask)
-        # the network replaces it with one cache shared by all its blocks (share_with_submodules)
+        # the network replaces them with caches shared by all its blocks (share_with_submodules)
         self.shift_masks = ShiftMaskCache(_MASK_CACHE_SIZE, SHIFT_MASK_FILL)
+        self.window_plans = WindowPlanCache(_MASK_CACHE_SIZE)
 
     @property
     def shifted(self) -> bool:
@@ -240,6 +315,10 @@ class GRSAB(nn.Module):
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         """(B, H*W, C) -> (B, H*W, C); ``x_size`` = (H, W)."""
         h, w = x_size
+        if lean_eval_applies(x) and x.is_contiguous():
+            plan = self.window_plans.get(x.shape[0], h, w, self.window_size, self.shift_size, x.device)
+            if plan is not None:
+                return self._lean_forward(x, x_size, plan)
         b, _, c = x.shape
         shortcut = x
         x = x.view(b, h, w, c)
@@ -252,6 +331,15 @@ class GRSAB(nn.Module):
             x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
         x = shortcut + self.drop_path(self.norm1(x.reshape(b, h * w, c)))
         return x + self.drop_path(self.norm2(self.mlp(x, x_size)))
+
+    def _lean_forward(self, x: Tensor, x_size: tuple[int, int], plan: WindowPlan) -> Tensor:
+        """``forward`` in eval without autograd on CPU: roll + window partition and their inverse are one row gather
+        each and the shift mask is replaced by unmasked sub-windows (``plan``); attention and FFN take their lean
+        paths."""
+        b, _, c = x.shape
+        attended = self.attn.lean_forward(x.reshape(-1, c).index_select(0, plan.gather), plan)
+        x = x + self.norm1(attended.index_select(0, plan.scatter).view(b, -1, c))
+        return x + self.norm2(self.mlp.lean_forward(x, x_size))
 
 
 class GRSABGroup(nn.Module):
@@ -275,7 +363,10 @@ class GRSABGroup(nn.Module):
             else:
                 x = block(x, x_size)
         b, _, c = x.shape
-        return x + self.conv(x.transpose(1, 2).reshape(b, c, *x_size)).flatten(2).transpose(1, 2)
+        out = self.conv(x.transpose(1, 2).reshape(b, c, *x_size))
+        if lean_eval_applies(x) and x.is_contiguous():  # tokens are a channels-last view: keep them contiguous
+            return pixels(out).view(b, -1, c).add_(x)
+        return x + out.flatten(2).transpose(1, 2)
 
 
 def _window_pair(value: Any, name: str = 'window_size') -> tuple[int, int]:
@@ -345,6 +436,7 @@ class GRFormer(nn.Module):
         self.apply(init_transformer_weights)
         self.mask_scratch = share_with_submodules(self, 'mask_scratch', MaskScratch())
         self.shift_masks = share_with_submodules(self, 'shift_masks', ShiftMaskCache(_MASK_CACHE_SIZE, SHIFT_MASK_FILL))
+        self.window_plans = share_with_submodules(self, 'window_plans', WindowPlanCache(_MASK_CACHE_SIZE))
 
     @property
     def pad_multiple(self) -> int:
@@ -366,6 +458,8 @@ class GRFormer(nn.Module):
             raise ValueError(f'GRFormer expects (B, {self.conv_first.in_channels}, H, W) input, got {tuple(x.shape)}')
         h, w = x.shape[-2:]
         x, _ = pad_to_multiple(x, self.pad_multiple)
+        if lean_eval_applies(x):
+            x = to_channels_last(x)  # the token map is then a contiguous channels-last view of the features
         x = self.conv_first(self.mean_shift(x))
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.mean_shift.inverse(self.upsample(x))

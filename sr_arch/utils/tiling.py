@@ -3,13 +3,21 @@
 An LR image is cut into equally sized, overlapping tiles; tiles are run through the network in
 batches, and the outputs are put back together with weights that ramp linearly across the middle of
 each overlap (pixels next to a tile edge, which lack context, get ~0 weight), so that no seam shows.
-``tile_size: auto`` picks the largest tile whose forward pass fits a memory budget, from peak memory
-measured on three small probe tiles (CUDA: the allocator's peak; CPU: the bytes of live tensors,
-tracked by ``PeakMemoryTracker``).
+``tile_size: auto`` resolves the tile side once, on the first image:
+
+* CPU: the **fastest** tile (``fastest_tile_size``). The forward is timed on crops of the image at a few small
+  probe sides, a cost model ``a + b * area + c * area**2`` is fitted (a: per-call overhead; window attention
+  and convolutions are linear in the area, ESRT's band attention quadratic), and every candidate side, the
+  whole image included, is scored by its number of tiles (with the overlap) times the predicted time per
+  tile. With ``max_memory`` only tiles that fit it are candidates.
+* CUDA: the largest tile whose forward pass fits ``max_memory`` (default: the free device memory), from peak
+  memory measured on three small probe tiles (the allocator's peak; on CPU the bytes of live tensors,
+  tracked by ``PeakMemoryTracker``): on a GPU larger tiles are faster as long as they fit.
 
 Option block (top level ``tile:`` like HAT's official files, or ``val.tile:``)::
 
     tile: {tile_size: 256, tile_pad: 32, batch_size: 4}   # tile_pad = overlap, LR pixels
+    tile: {tile_size: auto}                                # CPU: fastest tile; CUDA: largest that fits
     tile: {tile_size: auto, max_memory: 8GB}
 """
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -58,7 +67,7 @@ def parse_memory_size(value: int | float | str, key: str = 'max_memory') -> int:
 
 @dataclass(frozen=True)
 class TileOptions:
-    """Parsed ``tile:`` block. ``tile_size`` None means 'auto' (then ``max_memory`` is set).
+    """Parsed ``tile:`` block. ``tile_size`` None means 'auto' (``max_memory``, if set, bounds it).
 
     ``tile_pad`` defaults to min(32, tile_size // 4).
     """
@@ -93,11 +102,12 @@ class TileOptions:
             raise ValueError(f"{label('tile_size')} is required (a positive integer or 'auto')")
         max_memory = None
         if raw_size == 'auto':
-            if opt.get('max_memory') is None:
-                raise ValueError(f"{label('tile_size')} auto needs {label('max_memory')} (e.g. 8GB)")
             tile_size = None
-            max_memory = parse_memory_size(opt['max_memory'], label('max_memory'))
-        else:
+            if opt.get('max_memory') is not None:
+                max_memory = parse_memory_size(opt['max_memory'], label('max_memory'))
+        elif opt.get('max_memory') is not None:
+            raise ValueError(f"{label('max_memory')} only applies to tile_size: auto (tile_size is {raw_size!r})")
+        if raw_size != 'auto':
             tile_size = _positive_int(raw_size, label('tile_size'), "or 'auto'")
         default_pad = min(32, tile_size // 4) if tile_size is not None else 32
         tile_pad = opt.get('tile_pad', default_pad)
@@ -307,10 +317,113 @@ def auto_tile_size(forward: Forward, channels: int, max_memory: int, device: tor
     return side
 
 
+#: candidate tile sides of ``fastest_tile_size`` (rounded up to the network's multiple), besides the whole image
+CANDIDATE_SIDES = (48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+#: candidates up to this side are timed; larger ones (and the whole image) are predicted from the fitted cost
+PROBE_MAX_SIDE = 128
+
+
+def tiles_per_image(height: int, width: int, side: int, overlap: int) -> int:
+    """How many tiles ``tiled_forward`` cuts an (height, width) image into with ``side`` and ``overlap``."""
+    tile_h, tile_w = min(side, height), min(side, width)
+    if tile_h == height and tile_w == width:
+        return 1
+    overlap = min(overlap, side - 1)
+    return len(tile_starts(height, tile_h, overlap)) * len(tile_starts(width, tile_w, overlap))
+
+
+@dataclass(frozen=True)
+class TileChoice:
+    """What ``fastest_tile_size`` decided: the side (>= both image sides: the whole image in one piece) and the
+    predicted seconds per image of every candidate side (``whole`` marks the whole-image candidate)."""
+
+    side: int
+    whole: int
+    predicted: dict[int, float]
+
+    def describe(self) -> str:
+        def name(side: int) -> str:
+            return 'whole image' if side == self.whole else str(side)
+        others = ', '.join(f'{name(side)}: {seconds:.2f} s' for side, seconds in sorted(self.predicted.items()))
+        return f'{name(self.side)} (predicted per image: {others})'
+
+
+def _time_forward(forward: Forward, tile: Tensor) -> float:
+    """Process CPU seconds of one ``forward(tile)`` (CPU time: less disturbed by other processes than wall time)."""
+    start = time.process_time()
+    forward(tile)
+    return time.process_time() - start
+
+
+def fastest_tile_size(forward: Forward, lq: Tensor, overlap: int, multiple: int = 1, batch_size: int = 1,
+                      largest: int | None = None, candidates: tuple[int, ...] = CANDIDATE_SIDES,
+                      probe_max: int = PROBE_MAX_SIDE,
+                      timer: Callable[[Forward, Tensor], float] | None = None) -> TileChoice:
+    """The tile side (multiple of ``multiple``) that predicts the shortest time for ``lq`` (see the module doc).
+
+    The forward is timed (process CPU time) on crops of ``lq``'s first image at the candidate sides up to
+    ``probe_max``, the whole image included when it is that small, after one untimed warm-up pass; the
+    other candidates are predicted from the fitted cost. Images no larger than the smallest candidate run
+    whole, unprobed.
+
+    Args:
+        forward: network forward on a (N, C, h, w) batch (any h, w).
+        lq: (B, C, H, W) LR batch; only its first image is probed.
+        overlap: tile overlap (``tile_pad``) in LR pixels.
+        multiple: tile sides are multiples of this.
+        batch_size: tiles per forward call.
+        largest: no candidate above this side (a memory limit; the whole image is then a candidate only when
+            it fits).
+        timer: seconds of ``forward(tile)`` (default: process CPU time of one call).
+
+    Returns:
+        the ``TileChoice``.
+    """
+    height, width = lq.shape[-2:]
+
+    def round_up(side: int) -> int:
+        return multiple * math.ceil(side / multiple)
+
+    full = round_up(max(height, width))  # a side that covers the whole image
+    sides = sorted({round_up(side) for side in candidates if round_up(side) < max(height, width)})
+    if largest is not None and largest < full:
+        sides = [side for side in sides if side <= largest] or [round_up(min(largest, full))]
+    else:
+        sides.append(full)
+    if len(sides) == 1:
+        return TileChoice(sides[0], full, {})
+    probes = [side for side in sides if side <= probe_max] or sides[:1]
+    image = lq[:1]
+
+    def crop(side: int) -> Tensor:
+        tile = image[..., :min(side, height), :min(side, width)]
+        return tile.expand(batch_size, *tile.shape[1:]) if batch_size > 1 else tile
+
+    measured: dict[int, float] = {}
+    with torch.no_grad():
+        forward(crop(probes[0]))  # warm-up: threads, allocator, caches
+        for side in probes:
+            tile = crop(side)
+            measured[tile.shape[-2] * tile.shape[-1]] = (timer or _time_forward)(forward, tile)
+    areas = np.array(list(measured), dtype=np.float64)
+    seconds = np.array(list(measured.values()), dtype=np.float64)
+    degree = min(2, len(areas) - 1)
+    coefficients = np.polyfit(areas, seconds, degree) if degree > 0 else np.array([seconds[0] / areas[0], 0.0])
+    c2, c1, c0 = (max(float(c), 0.0) for c in np.concatenate([np.zeros(3 - len(coefficients)), coefficients]))
+    predicted: dict[int, float] = {}
+    for side in sides:
+        area = min(side, height) * min(side, width)
+        per_call = measured.get(area, c0 + c1 * area + c2 * area * area)
+        predicted[side] = math.ceil(tiles_per_image(height, width, side, overlap) / batch_size) * per_call
+    best = min(predicted, key=lambda side: (predicted[side], -side))
+    return TileChoice(best, full, predicted)
+
+
 class Tiler:
     """Tiled forward for one ``TileOptions``; resolves ``tile_size: auto`` once, on the first call.
 
-    ``budget_name`` is how errors and the log name the memory budget (``tile.max_memory``, ``--max-memory``).
+    ``budget_name`` is how errors and ``auto_reason`` name the memory budget (``tile.max_memory``, ``--max-memory``);
+    ``auto_reason`` says why 'auto' chose ``tile_size`` once it has.
     """
 
     def __init__(self, options: TileOptions, multiple: int = 1, output_device: torch.device | str | None = None,
@@ -320,7 +433,9 @@ class Tiler:
         self.output_device = output_device
         self.progress = progress  # see tiled_forward
         self.budget_name = budget_name
+        self.auto_reason = ''
         self.tile_size = options.tile_size
+        self.choice: TileChoice | None = None
 
     @property
     def chosen_automatically(self) -> bool:
@@ -328,13 +443,29 @@ class Tiler:
         return self.options.tile_size is None and self.tile_size is not None
 
     def resolve_tile_size(self, forward: Forward, lq: Tensor) -> int:
-        """The tile side to use; for 'auto', measured once (probes run on ``lq``'s device and dtype)."""
-        if self.tile_size is None:
-            self.tile_size = auto_tile_size(forward, lq.shape[1], self.options.max_memory, lq.device, lq.dtype,
+        """The tile side to use; for 'auto', decided once (probes run on ``lq``'s device and dtype)."""
+        if self.tile_size is not None:
+            return self.tile_size
+        budget = self.options.max_memory
+        if lq.device.type == 'cuda':
+            if budget is None:
+                budget = int(0.9 * torch.cuda.mem_get_info(lq.device)[0])
+            self.tile_size = auto_tile_size(forward, lq.shape[1], budget, lq.device, lq.dtype,
                                             multiple=self.multiple, batch_size=self.options.batch_size,
                                             budget_name=self.budget_name)
-            logging.getLogger('basicsr').info(f'tile_size auto: {self.tile_size}x{self.tile_size} LR tiles fit '
-                                              f'{self.budget_name} {format_size(self.options.max_memory)}')
+            self.auto_reason = f'the largest within {self.budget_name} {format_size(budget)}'
+        else:
+            largest = None
+            if budget is not None:
+                largest = auto_tile_size(forward, lq.shape[1], budget, lq.device, lq.dtype, multiple=self.multiple,
+                                         batch_size=self.options.batch_size, budget_name=self.budget_name)
+            self.choice = fastest_tile_size(forward, lq, self.options.tile_pad, self.multiple,
+                                            self.options.batch_size, largest)
+            self.tile_size = self.choice.side
+            within = f', within {self.budget_name} {format_size(budget)}' if budget is not None else ''
+            self.auto_reason = f'the fastest{within}: {self.choice.describe()}'
+        logging.getLogger('basicsr').info(f'tile_size auto: {self.tile_size} ({self.auto_reason}, '
+                                          f'measured on {lq.device})')
         return self.tile_size
 
     def __call__(self, forward: Forward, lq: Tensor, scale: int) -> Tensor:

@@ -30,7 +30,15 @@ from sr_arch.archs.layers.context import (
     tracing,
 )
 from sr_arch.archs.layers.init import init_transformer_weights, trunc_normal_unless_meta
-from sr_arch.archs.layers.kernels import Mlp, TokenConv2d, TokenLinear, grouped_token_linear, linear_as_conv1x1
+from sr_arch.archs.layers.kernels import (
+    Mlp,
+    SameConv2d,
+    TokenConv2d,
+    TokenLinear,
+    dilated_conv_by_phases,
+    grouped_token_linear,
+    linear_as_conv1x1,
+)
 from sr_arch.archs.layers.reconstruction import (
     DIV2K_RGB_MEAN,
     MeanShift,
@@ -51,8 +59,9 @@ from sr_arch.archs.layers.windows import (
 
 __all__ = [
     'ATTENTION_BACKENDS', 'DIV2K_RGB_MEAN', 'DerivedTensorCache', 'DropPath', 'MaskScratch', 'MeanShift', 'Mlp',
-    'PLAIN_SCORES_LIMIT', 'ShiftMaskCache', 'TokenConv2d', 'TokenLinear', 'Upsample', 'UpsampleOneStep',
-    'WindowSize', 'add_shift_mask', 'attention', 'attention_backend', 'get_attention_backend',
+    'PLAIN_SCORES_LIMIT', 'SameConv2d', 'ShiftMaskCache', 'TokenConv2d', 'TokenLinear', 'Upsample', 'UpsampleOneStep',
+    'WindowSize', 'add_shift_mask', 'attention', 'attention_backend', 'dilated_conv_by_phases',
+    'get_attention_backend',
     'gather_position_bias', 'grouped_token_linear', 'init_transformer_weights', 'lean_paths_enabled',
     'linear_as_conv1x1', 'multihead_window_attention', 'pad_to_multiple', 'pad_to_size',
     'pixelshuffle_reconstruction', 'plain_formulation', 'relative_position_index',
