@@ -38,7 +38,8 @@ setup(
         'safetensors>=0.4',  # .safetensors checkpoints (read and written)
     ],
     extras_require={
-        'dev': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
+        # pytest 9 ignores the node ids that xdist's --dist loadgroup rewrites: grouped tests would spread over workers
+        'dev': ['pytest>=8,<9', 'pytest-xdist>=3.5', 'ruff>=0.6'],
         # sr-arch export to ONNX (torch's dynamo exporter needs onnxscript), its onnxruntime check, spandrel loading
         'export': ['onnx>=1.16', 'onnxscript>=0.5', 'onnxruntime>=1.18', 'spandrel>=0.4.2,<0.5'],
     },

@@ -24,6 +24,7 @@ def _deterministic_torch():
 EXPENSIVE_SHARED_FIXTURES = ('tiny_trainings', 'psnr_stage', 'exported')
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in EXPENSIVE_SHARED_FIXTURES:

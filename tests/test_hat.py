@@ -335,6 +335,8 @@ def test_x4_finetune_really_needs_non_strict_loading():
 
 #: tiny training runs: network, patch/batch sizes, iterations; lr 10x and EMA / milestones scaled to the short run
 TRAIN_ITERS = 1000
+#: the ImageNet pre-training run (1000 iterations: +0.64 dB over bicubic; 500: 0.64 dB below it)
+PRETRAIN_ITERS = 1000
 #: training photos are centre crops of at most this many pixels per side
 DATA_SIDE = 288
 #: tiny networks on shared cores: OpenMP threads spin-waiting for each other cost far more than they gain
@@ -401,7 +403,7 @@ def tiny_trainings(tmp_path_factory) -> str:
                    os.path.join(root, 'from_scratch.yml'))
     gt_dir = os.path.join(root, 'ImageNet/GT')
     write_photos(gt_dir, TRAIN_PHOTOS, nested=True, max_side=DATA_SIDE, ext='.bmp')  # .bmp: no decode cost
-    pretrain = tiny_training(PRETRAIN_NAME, TRAIN_ITERS, dict(dataroot_gt=gt_dir))
+    pretrain = tiny_training(PRETRAIN_NAME, PRETRAIN_ITERS, dict(dataroot_gt=gt_dir))
     del pretrain['name']
     derive_options(f'options/train/HAT/{PRETRAIN_NAME}.yml', pretrain, os.path.join(root, 'pretrain.yml'))
 
@@ -412,8 +414,8 @@ def tiny_trainings(tmp_path_factory) -> str:
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         seconds = list(pool.map(train, [os.path.join(root, 'from_scratch.yml'), os.path.join(root, 'pretrain.yml')]))
-    print(f'{TRAIN_ITERS} iterations each, side by side: {seconds[0]:.1f} s (PairedImageDataset, lmdb), '
-          f'{seconds[1]:.1f} s (ImageNetPairedDataset, folder)')
+    print(f'side by side: {TRAIN_ITERS} iterations {seconds[0]:.1f} s (PairedImageDataset, lmdb), '
+          f'{PRETRAIN_ITERS} iterations {seconds[1]:.1f} s (ImageNetPairedDataset, folder)')
     return root
 
 

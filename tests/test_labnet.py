@@ -314,7 +314,7 @@ def test_option_files_follow_the_official_recipe(scale):
 def test_tiny_labnet_trains_and_tests_with_our_option_files_and_beats_bicubic_on_gaussian8(tmp_path):
     """train.py on blurred photos (train option file) -> Gaussian8 set of held-out photos made by our generator
     -> test.py (Gaussian8 test option file, checkpoint in the official plain-state_dict layout)."""
-    scale, iters = 2, 200
+    scale, iters = 2, 120  # 200 iterations gave +0.76 dB over bicubic; 120 still beat it
     train_hr, heldout_hr = tmp_path / 'train_hr', tmp_path / 'datasets' / 'benchmark' / 'Set5' / 'HR'
     write_photos(str(train_hr), TRAIN_PHOTOS, crop=(256, 256))
     write_photos(str(heldout_hr), HELDOUT_PHOTOS, size=128)  # stands in for Set5

@@ -194,8 +194,9 @@ class DynamicPosBias(nn.Module):
     def forward(self, offsets: Tensor) -> Tensor:
         """(M, 2) offsets -> (M, num_heads) biases."""
         if self.pos_dim == 0:
-            # zero-width hidden layers leave the last bias (the same numbers; ONNX has no zero-width LayerNorm)
-            return self.pos3[-1].bias.expand(offsets.shape[0], -1)
+            # zero-width hidden layers leave the last bias (the same numbers; ONNX has no zero-width LayerNorm).
+            # Added to zeros, not expanded: a view of a parameter made under no_grad breaks autograd hooks
+            return self.pos3[-1].bias + offsets.new_zeros(offsets.shape[0], 1)
         return self.pos3(self.pos2(self.pos1(self.pos_proj(offsets))))
 
 

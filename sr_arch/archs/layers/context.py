@@ -51,11 +51,19 @@ def plain_formulation() -> Iterator[None]:
     whole score matrix, and ``TokenLinear`` / ``TokenConv2d`` / ``grouped_token_linear`` run as ``nn.Linear`` /
     ``nn.Conv2d`` / per-slice layers.
     """
+    with lean_paths(False), attention_backend('plain'):
+        yield
+
+
+@contextlib.contextmanager
+def lean_paths(enabled: bool) -> Iterator[None]:
+    """Temporarily allow (True) or forbid (False) caches, scratch buffers and the CPU kernel substitutes
+    (``TokenLinear`` as a 1x1 convolution, the channels-last eval paths); the attention backend is unchanged.
+    ``plain_formulation()`` is ``lean_paths(False)`` with plain attention."""
     global _lean_paths_enabled
-    previous, _lean_paths_enabled = _lean_paths_enabled, False
+    previous, _lean_paths_enabled = _lean_paths_enabled, enabled
     try:
-        with attention_backend('plain'):
-            yield
+        yield
     finally:
         _lean_paths_enabled = previous
 
