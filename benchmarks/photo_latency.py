@@ -36,7 +36,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import REGIMES, _variants, build_network, child_environment, formulation_context  # noqa: E402
+from speed import (  # noqa: E402
+    REGIMES,
+    _fmt,
+    _fmt_mib,
+    _variants,
+    build_network,
+    child_environment,
+    formulation_context,
+)
 
 import sr_arch  # noqa: E402,F401  (registers the archs)
 
@@ -175,11 +183,9 @@ def markdown_table(records: list[dict[str, Any]], machine: dict[str, Any]) -> st
         total = (r.get('run_s') or 0) + (decide or 0) if r.get('run_s') is not None else None
         load = '-'.join(f'{v:.1f}' for v in r.get('load_avg', []))
         diff = f"{r['max_abs_diff_vs_ours']:.1e}" if 'max_abs_diff_vs_ours' in r else ''
-        fmt = lambda v, spec='.2f': '' if v is None else format(v, spec)  # noqa: E731
-        peak = r.get('peak_bytes')
         lines.append(f"| {r['variant']}{' (tiny)' if r['tiny'] else ''} | {r['formulation']} | {r['tiling']} "
-                     f"| {_tile_name(r)} | {r['regime']} | {fmt(decide)} | {fmt(r.get('run_s'))} "
-                     f"| {fmt(total)} | {fmt(r.get('run_cpu_s'))} | {'' if peak is None else f'{peak / 2**20:.0f}'} "
+                     f"| {_tile_name(r)} | {r['regime']} | {_fmt(decide, '.2f')} | {_fmt(r.get('run_s'), '.2f')} "
+                     f"| {_fmt(total, '.2f')} | {_fmt(r.get('run_cpu_s'), '.2f')} | {_fmt_mib(r.get('peak_bytes'))} "
                      f"| {load} | {diff} |")
     return '\n'.join(lines) + '\n'
 

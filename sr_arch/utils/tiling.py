@@ -105,9 +105,9 @@ class TileOptions:
             tile_size = None
             if opt.get('max_memory') is not None:
                 max_memory = parse_memory_size(opt['max_memory'], label('max_memory'))
-        elif opt.get('max_memory') is not None:
-            raise ValueError(f"{label('max_memory')} only applies to tile_size: auto (tile_size is {raw_size!r})")
-        if raw_size != 'auto':
+        else:
+            if opt.get('max_memory') is not None:
+                raise ValueError(f"{label('max_memory')} only applies to tile_size: auto (tile_size is {raw_size!r})")
             tile_size = _positive_int(raw_size, label('tile_size'), "or 'auto'")
         default_pad = min(32, tile_size // 4) if tile_size is not None else 32
         tile_pad = opt.get('tile_pad', default_pad)
@@ -281,7 +281,7 @@ def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str) -> in
 def auto_tile_size(forward: Forward, channels: int, max_memory: int, device: torch.device | str,
                    dtype: torch.dtype = torch.float32, multiple: int = 1, batch_size: int = 1,
                    probe_sides: tuple[int, int, int] = (32, 64, 96), largest: int | None = None,
-                   budget_name: str = 'tile max_memory') -> int:
+                   budget_name: str = 'tile.max_memory') -> int:
     """Largest tile side whose forward pass is predicted to fit ``max_memory`` bytes.
 
     Peak memory is measured for square probe tiles (sides rounded up to ``multiple``) and fitted as
