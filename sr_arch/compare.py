@@ -29,13 +29,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from sr_arch.errors import CompareError, one_line
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BOX_COLOUR = (0, 0, 255)  # BGR red
 WHITE = 255
-
-
-class CompareError(RuntimeError):
-    """A one-line, user-facing error naming the file or option."""
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -227,7 +225,7 @@ def run_checkpoint(path: str, lr: np.ndarray, scale: int, args: argparse.Namespa
         if args.tile:
             tiler = Tiler(TileOptions.from_opt({'tile_size': args.tile}, '--tile'), multiple=model.pad_multiple)
     except (InferenceError, ValueError) as err:
-        raise CompareError(' '.join(str(err).split())) from err
+        raise CompareError(one_line(str(err))) from err
     rgb = np.ascontiguousarray(lr[..., ::-1].astype(np.float32) / 255.0)
     sr, _ = upscale_image(model, LoadedImage(rgb, None, False, 255), tiler)
     name = model.detection.variant or model.detection.family

@@ -15,6 +15,11 @@ class SRArchError(Exception):
     """Base of every error whose message is meant for the user as it is (one line, no traceback)."""
 
 
+def one_line(message: str) -> str:
+    """``message`` as one line for a command's ``error:`` output (whitespace runs, newlines too, -> one space)."""
+    return ' '.join(message.split())
+
+
 # ---------------------------------------------------------------------------------------------- options
 
 
@@ -66,6 +71,18 @@ class InferenceError(SRArchError, RuntimeError):
 
 class DemoError(SRArchError, RuntimeError):
     """The demo cannot go on; the message says why."""
+
+
+class ExportError(SRArchError, RuntimeError):
+    """``sr-arch export`` cannot write the file; the message names the file or flag."""
+
+
+class CompareError(SRArchError, RuntimeError):
+    """``sr-arch compare`` cannot make the figure; the message names the file or option."""
+
+
+class PublishedDataError(SRArchError, ValueError):
+    """The published-results data file is malformed (the message names the file and the entry)."""
 
 
 # ---------------------------------------------------------------------------------------------- data

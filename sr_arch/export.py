@@ -38,6 +38,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from sr_arch.errors import ExportError, one_line
+
 #: opsets this command writes: torch's ONNX exporter produces 18 and converts up from there
 MIN_OPSET, MAX_OPSET = 18, 23
 DEFAULT_OPSET = 18
@@ -47,10 +49,6 @@ TOLERANCE = {False: 1e-4, True: 1e-2}  # keyed by fp16
 
 INPUT_NAME, OUTPUT_NAME = 'input', 'output'
 FORMATS = {'.onnx': 'onnx', '.safetensors': 'safetensors'}
-
-
-class ExportError(RuntimeError):
-    """A one-line, user-facing error (the message names the file or flag)."""
 
 
 @dataclass(frozen=True)
@@ -310,10 +308,6 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
 
 
-def _one_line(message: str) -> str:
-    return ' '.join(message.split())
-
-
 def main(argv: list[str] | None = None) -> int:
     import sr_arch  # noqa: F401  (registers the architectures; must precede basicsr)
     from sr_arch.infer import InferenceError, load_model, parse_arch_options
@@ -328,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, args.param_key, args.scale, 'cpu', torch.float32,
                            parse_arch_options(args.arch_option))
     except (ExportError, InferenceError) as err:
-        print(f'sr-arch export: error: {_one_line(str(err))}', file=sys.stderr)
+        print(f'sr-arch export: error: {one_line(str(err))}', file=sys.stderr)
         return 2
     print(f'sr-arch export: {args.model}: {model.detection.describe()}', file=sys.stderr)
     start = time.perf_counter()
@@ -342,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             for check in checks:
                 print(f'sr-arch export: onnxruntime vs PyTorch at {check.describe()}')
     except ExportError as err:
-        print(f'sr-arch export: error: {_one_line(str(err))}', file=sys.stderr)
+        print(f'sr-arch export: error: {one_line(str(err))}', file=sys.stderr)
         return 1
     size_mb = os.path.getsize(args.out) / 2 ** 20
     print(f'sr-arch export: wrote {args.out} ({size_mb:.1f} MiB, {time.perf_counter() - start:.0f} s)')

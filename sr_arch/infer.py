@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sr_arch.errors import InferenceError
+from sr_arch.errors import InferenceError, one_line
 from sr_arch.utils.files import IMAGE_EXTENSIONS
 
 _EIGHT_BIT_ONLY = ('.jpg', '.jpeg', '.webp', '.bmp')
@@ -312,10 +312,6 @@ def _tiler(args: argparse.Namespace, multiple: int, device: torch.device) -> Any
                  progress=TileProgressBar(sys.stderr), budget_name='--max-memory')
 
 
-def _one_line(message: str) -> str:
-    return ' '.join(message.split())
-
-
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -337,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                            parse_arch_options(args.arch_option))
         tiler = _tiler(args, model.pad_multiple, device)
     except InferenceError as err:
-        print(f'sr-arch infer: error: {_one_line(str(err))}', file=sys.stderr)
+        print(f'sr-arch infer: error: {one_line(str(err))}', file=sys.stderr)
         return 2
     print(f'sr-arch infer: {args.model}: {model.detection.describe()}', file=sys.stderr)
 
@@ -370,10 +366,10 @@ def main(argv: list[str] | None = None) -> int:
             written += 1
         except InferenceError as err:
             failures += 1
-            tqdm.write(f'sr-arch infer: error: {_one_line(str(err))}', file=sys.stderr)
+            tqdm.write(f'sr-arch infer: error: {one_line(str(err))}', file=sys.stderr)
         except Exception as err:  # noqa: BLE001  (one bad file must not stop the batch)
             failures += 1
-            tqdm.write(f'sr-arch infer: error: {path}: {_one_line(f"{type(err).__name__}: {err}")}', file=sys.stderr)
+            tqdm.write(f'sr-arch infer: error: {path}: {one_line(f"{type(err).__name__}: {err}")}', file=sys.stderr)
     progress.close()
     print(f'sr-arch infer: {written} written to {args.out}, {failures} failed', file=sys.stderr)
     return 1 if failures else 0

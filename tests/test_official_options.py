@@ -466,14 +466,15 @@ def test_no_import_cycles_and_no_lazy_first_party_imports_in_option_modules():
 
 
 def test_every_user_facing_error_is_an_sr_arch_error():
+    from sr_arch import compare, export
     from sr_arch.data import robust_io
     from sr_arch.data.prepare import common
     from sr_arch.losses import perceptual_loss
     from sr_arch.models import realsr_model, training
-    from sr_arch.utils import checkpoint, detect, dist
+    from sr_arch.utils import checkpoint, detect, dist, published
 
     classes = [value for value in vars(errors).values() if isinstance(value, type) and issubclass(value, Exception)]
-    assert len(classes) == 17 and all(issubclass(c, SRArchError) for c in classes)
+    assert len(classes) == 20 and all(issubclass(c, SRArchError) for c in classes)
     assert issubclass(errors.OptionError, ValueError) and issubclass(errors.CheckpointError, RuntimeError)
     # the old import locations name the same classes
     assert (checkpoint.CheckpointError, training.NonFiniteError, robust_io.BadImageError, dist.LauncherError,
@@ -481,6 +482,9 @@ def test_every_user_facing_error_is_an_sr_arch_error():
             realsr_model.RealDegradationError) == (errors.CheckpointError, errors.NonFiniteError, errors.BadImageError,
                                                    errors.LauncherError, errors.DetectionError, errors.PrepareError,
                                                    errors.MissingVGGWeightsError, errors.RealDegradationError)
+    assert (export.ExportError, compare.CompareError, published.PublishedDataError) == (
+        errors.ExportError, errors.CompareError, errors.PublishedDataError)
+    assert issubclass(errors.ExportError, RuntimeError) and issubclass(errors.PublishedDataError, ValueError)
 
 
 # ---------------------------------------------------------------------------------------------- acceptance runs

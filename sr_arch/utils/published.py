@@ -16,15 +16,13 @@ from typing import Any, Mapping
 
 import yaml
 
+from sr_arch.errors import PublishedDataError
+
 DATA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data',
                          'published_results.yaml')
 
 #: a metric value pair as published: (PSNR in dB or None, SSIM or None)
 Pair = tuple['float | None', 'float | None']
-
-
-class PublishedDataError(ValueError):
-    """The data file is malformed (the message names the file and the entry)."""
 
 
 @dataclass(frozen=True)
