@@ -335,3 +335,17 @@ def test_fp16_safetensors_halves_the_floating_weights(esrt_checkpoint, tmp_path)
     tensors = load_checkpoint(out)['params']
     assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16}
     assert os.path.getsize(out) < 0.6 * os.path.getsize(esrt_checkpoint)
+
+
+def test_the_onnx_optimizer_skips_only_its_quadratic_rules_and_gets_them_back():
+    from onnxscript import rewriter
+
+    def single_output(rule) -> bool:
+        return rule._target_pattern.has_single_output_node
+
+    before = rewriter._DEFAULT_REWRITE_RULES
+    with export.linear_time_onnx_rewrites():
+        during = rewriter._DEFAULT_REWRITE_RULES
+    assert rewriter._DEFAULT_REWRITE_RULES is before
+    assert list(during) == [rule for rule in before if single_output(rule)]
+    assert len(during) < len(before)  # SlicesSplit in onnxscript 0.7
