@@ -281,3 +281,16 @@ def heldout_psnrs(net: torch.nn.Module, scale: int, pad_multiple: int = 1,
         ours.append(psnr_y(upscale_with(net, lr, pad_multiple=pad_multiple), hr, crop_border=scale))
         bicubic.append(psnr_y(bicubic_upscale(lr, scale), hr, crop_border=scale))
     return ours, bicubic
+
+
+def load_benchmark(name: str) -> Any:
+    """Import ``benchmarks/<name>.py`` as a module (its folder on sys.path, for its own ``from speed import``)."""
+    import importlib.util
+
+    folder = os.path.join(REPO_ROOT, 'benchmarks')
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,24 +2,12 @@
 network's % of GEMM peak (no timing asserts: only what holds on any machine)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'attention_ceiling.py'
-
-
-def _load():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location('attention_ceiling', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_windowed_attention_lowers_the_ceiling_and_a_network_without_attention_has_none(capsys):
-    ceilings = _load().main(['--variants', 'GRFormer-light,LabNet', '--tiny', '--size', '16', '--threads', '1',
-                             '--repeats', '1'])
+    argv = ['--variants', 'GRFormer-light,LabNet', '--tiny', '--size', '16', '--threads', '1', '--repeats', '1']
+    ceilings = load_benchmark('attention_ceiling').main(argv)
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith('| GRFormer-light') or line.startswith('| LabNet')]
     assert len(rows) == 2, out

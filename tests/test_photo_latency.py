@@ -1,26 +1,14 @@
 """benchmarks/photo_latency.py: real-photo inference, whole and --tile auto, ours and plain (no timing asserts)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'photo_latency.py'
+from helpers import load_benchmark
 
-
-def _load():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location('photo_latency', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-photo_latency = _load()
+photo_latency = load_benchmark('photo_latency')
 
 
 def test_photo_benchmark_rows_for_whole_auto_and_plain_through_the_same_tile(tmp_path):
