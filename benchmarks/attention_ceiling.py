@@ -13,7 +13,6 @@ Run it under the pinned allocator of ``speed.py --regimes compute`` (``GLIBC_TUN
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -22,21 +21,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import GEMM_SIDE, build_network, network_gflop  # noqa: E402
+from speed import build_network, gemm_gflops, network_gflop  # noqa: E402
 
 ATTENTION_KERNEL = 'aten::_scaled_dot_product_flash_attention_for_cpu'
-
-
-def gemm_peak(repeats: int = 5) -> float:
-    """fp32 GFLOP/s of the best of ``repeats`` GEMM_SIDE^3 products."""
-    a, b = torch.randn(GEMM_SIDE, GEMM_SIDE), torch.randn(GEMM_SIDE, GEMM_SIDE)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * GEMM_SIDE ** 3 / best / 1e9
 
 
 def attention_share(net: torch.nn.Module, x: torch.Tensor) -> tuple[float, float, float]:
@@ -79,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         x = torch.rand(1, 3, args.size, args.size)
         total = network_gflop(dict(variant=variant, scale=args.scale, tiny=args.tiny, size=args.size))
         attn_gflop, attn_s, wall = min((attention_share(net, x) for _ in range(args.repeats)), key=lambda r: r[2])
-        peak = gemm_peak()
+        peak = gemm_gflops(torch.device('cpu'), torch.float32, runs=5)
         ceiling = total / (attn_s + (total - attn_gflop) / peak) / peak
         attn_rate = f'{attn_gflop / attn_s:.0f}' if attn_s else '-'
         print(f'| {variant} | {total:.1f} | {attn_gflop:.2f} | {attn_s * 1e3:.0f} | {attn_rate} | {wall * 1e3:.0f} '

@@ -1,32 +1,23 @@
 """benchmarks/speed.py and the plain-formulation switch (no timing assertions: the machine is shared)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import load_benchmark
 from sr_arch.archs import layers
 from sr_arch.archs.layers import get_attention_backend, lean_paths_enabled, plain_formulation
 from sr_arch.utils.macs import network_macs
 
-SPEED_SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'speed.py'
 #: tiny variant -> input (H, W): not the img_size of any persistent mask, not a multiple of the windows
 #: except for HAT, which only accepts multiples of its window (its model pads)
 FAMILY_INPUTS = {'HAT-S': (24, 40), 'RGT-S': (20, 28), 'GRFormer-light': (20, 28), 'ESRT': (20, 28),
                  'LabNet': (20, 28)}
 
 
-def _load_speed_module():
-    spec = importlib.util.spec_from_file_location('speed_benchmark', SPEED_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-speed = _load_speed_module()
+speed = load_benchmark('speed')
 
 
 def test_plain_formulation_switches_backend_and_caches_and_restores_them():
@@ -145,9 +136,7 @@ def test_benchmark_rejects_unknown_names():
 
 
 def test_compile_benchmark_reports_compile_time_and_both_latencies():
-    spec = importlib.util.spec_from_file_location('compile_eval', SPEED_SCRIPT.parent / 'compile_eval.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark('compile_eval')
     (record,) = module.main(['--variants', 'GRFormer-light', '--tiny', '--size', '16', '--backend', 'aot_eager',
                              '--repeats', '1', '--threads', '1'])
     assert record['compile_s'] > 0 and record['eager_s'] > 0 and record['compiled_s'] > 0
