@@ -307,6 +307,9 @@ def test_compile_trains_two_iterations(tmp_path):
 def test_optimizer_by_torch_name_and_clear_error(tmp_path):
     model = build(model_options(tmp_path, {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 0.01}}))
     assert isinstance(model.optimizer_g, torch.optim.AdamW)
+    assert model.optimizer_g.defaults['foreach'] is True  # the multi-tensor kernels on CPU too
+    explicit = build(model_options(tmp_path, {'optim_g': {'type': 'Adam', 'lr': 1e-3, 'foreach': False}}))
+    assert explicit.optimizer_g.defaults['foreach'] is False
     with pytest.raises(ValueError, match="train.optim_g.type 'Adamm' is not a torch.optim optimizer"):
         build(model_options(tmp_path, {'optim_g': {'type': 'Adamm', 'lr': 1e-3}}))
 
