@@ -292,5 +292,6 @@ def load_benchmark(name: str) -> Any:
         sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up there
     spec.loader.exec_module(module)
     return module
