@@ -307,9 +307,12 @@ def test_compile_trains_two_iterations(tmp_path):
 def test_optimizer_by_torch_name_and_clear_error(tmp_path):
     model = build(model_options(tmp_path, {'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 0.01}}))
     assert isinstance(model.optimizer_g, torch.optim.AdamW)
-    assert model.optimizer_g.defaults['foreach'] is True  # the multi-tensor kernels on CPU too
-    explicit = build(model_options(tmp_path, {'optim_g': {'type': 'Adam', 'lr': 1e-3, 'foreach': False}}))
-    assert explicit.optimizer_g.defaults['foreach'] is False
+    assert model.optimizer_g.defaults['fused'] is True  # torch's fused kernel on CPU too
+    adamax = build(model_options(tmp_path, {'optim_g': {'type': 'Adamax', 'lr': 1e-3}}))
+    assert adamax.optimizer_g.defaults['foreach'] is True  # no fused kernel: the multi-tensor one
+    for explicit in ({'foreach': False}, {'fused': False}):
+        chosen = build(model_options(tmp_path, {'optim_g': {'type': 'Adam', 'lr': 1e-3, **explicit}})).optimizer_g
+        assert not chosen.defaults['fused'] and not chosen.defaults['foreach']
     with pytest.raises(ValueError, match="train.optim_g.type 'Adamm' is not a torch.optim optimizer"):
         build(model_options(tmp_path, {'optim_g': {'type': 'Adamm', 'lr': 1e-3}}))
 
