@@ -195,11 +195,11 @@ class TrainingMixin:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
             raise OptionError(f"{self.opt.get('opt_path', '<options>')}: train.optim_g.type {optim_type!r} is not a "
                              'torch.optim optimizer (e.g. Adam, AdamW, SGD)')
-        accepted = inspect.signature(optimizer_class).parameters
         if self.device.type == 'cpu' and not {'fused', 'foreach'} & set(kwargs):
             # torch picks its faster implementations by itself only for CUDA parameters. On CPU the fused kernels
             # (Adam, AdamW, SGD, Adagrad) take an ESRT Adam step from 18 to 6 ms, the multi-tensor (foreach) ones
             # save the others a Python loop per parameter. An explicit ``fused`` or ``foreach`` stands.
+            accepted = inspect.signature(optimizer_class).parameters
             if 'fused' in accepted:
                 kwargs['fused'] = True
             elif 'foreach' in accepted:
